@@ -1,0 +1,207 @@
+//! The inode table: inode numbers <-> object keys, cached attributes, and
+//! which inodes are being written through this mount.
+
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime};
+
+/// The root directory's inode number.
+pub const ROOT: u64 = 1;
+
+/// File or directory. (Symlinks and special files come with their metadata.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// What we know of one file or directory.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    pub ino: u64,
+    pub parent: u64,
+    pub name: String,
+    pub kind: Kind,
+    /// Object key for a file; key prefix ending in `/` (or the mount prefix) for a directory.
+    pub key: String,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub atime: SystemTime,
+    pub ctime: SystemTime,
+    /// Permission bits set through this mount (chmod), else the mount's default.
+    pub perm: Option<u16>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub etag: Option<String>,
+    /// Attributes are trusted until then (then looked up again).
+    pub valid_until: Instant,
+    /// The handle writing this file, if any.
+    pub writer: Option<u64>,
+    /// Exists only in this mount so far (created, not yet stored).
+    pub local: bool,
+}
+
+/// All inodes the kernel may refer to.
+#[derive(Debug)]
+pub struct InodeTable {
+    inodes: HashMap<u64, Inode>,
+    children: HashMap<(u64, String), u64>,
+    next_ino: u64,
+}
+
+impl InodeTable {
+    /// A table holding only the root, whose key prefix is `root_key`.
+    pub fn new(root_key: String, now: SystemTime) -> Self {
+        let root = Inode {
+            ino: ROOT,
+            parent: ROOT,
+            name: String::new(),
+            kind: Kind::Dir,
+            key: root_key,
+            size: 0,
+            mtime: now,
+            atime: now,
+            ctime: now,
+            perm: None,
+            uid: None,
+            gid: None,
+            etag: None,
+            valid_until: Instant::now() + std::time::Duration::from_secs(u32::MAX as u64),
+            writer: None,
+            local: false,
+        };
+        let mut inodes = HashMap::new();
+        inodes.insert(ROOT, root);
+        InodeTable {
+            inodes,
+            children: HashMap::new(),
+            next_ino: ROOT + 1,
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        self.inodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Inode> {
+        self.inodes.get_mut(&ino)
+    }
+
+    /// The child called `name` of `parent`, if known.
+    pub fn child(&self, parent: u64, name: &str) -> Option<&Inode> {
+        self.children
+            .get(&(parent, name.to_string()))
+            .and_then(|i| self.inodes.get(i))
+    }
+
+    /// The key a child called `name` of directory `parent` has (a file's key;
+    /// add `/` for a directory's prefix).
+    pub fn child_key(&self, parent: u64, name: &str) -> Option<String> {
+        self.inodes
+            .get(&parent)
+            .map(|p| format!("{}{}", p.key, name))
+    }
+
+    /// Records a child with fresh attributes, keeping its inode number when
+    /// it is already known as the same kind (so `ls` twice shows one inode).
+    pub fn upsert_child(
+        &mut self,
+        parent: u64,
+        name: &str,
+        kind: Kind,
+        fill: impl FnOnce(&mut Inode),
+    ) -> u64 {
+        let Some(pkey) = self.inodes.get(&parent).map(|p| p.key.clone()) else {
+            return 0;
+        };
+        let key = match kind {
+            Kind::File => format!("{pkey}{name}"),
+            Kind::Dir => format!("{pkey}{name}/"),
+        };
+        let existing = self.children.get(&(parent, name.to_string())).copied();
+        let ino = match existing {
+            Some(i) if self.inodes.get(&i).map(|n| n.kind) == Some(kind) => i,
+            _ => {
+                let i = self.next_ino;
+                self.next_ino += 1;
+                let now = SystemTime::now();
+                self.inodes.insert(
+                    i,
+                    Inode {
+                        ino: i,
+                        parent,
+                        name: name.to_string(),
+                        kind,
+                        key: key.clone(),
+                        size: 0,
+                        mtime: now,
+                        atime: now,
+                        ctime: now,
+                        perm: None,
+                        uid: None,
+                        gid: None,
+                        etag: None,
+                        valid_until: Instant::now(),
+                        writer: None,
+                        local: false,
+                    },
+                );
+                self.children.insert((parent, name.to_string()), i);
+                i
+            }
+        };
+        let inode = self.inodes.get_mut(&ino).expect("just inserted");
+        inode.key = key;
+        fill(inode);
+        ino
+    }
+
+    /// Forgets the name `name` in `parent` (the inode stays while handles use it).
+    pub fn remove_child(&mut self, parent: u64, name: &str) -> Option<u64> {
+        self.children.remove(&(parent, name.to_string()))
+    }
+
+    /// Children known locally that are not stored yet or being written (they
+    /// must show in listings and keep a directory non-empty).
+    pub fn local_children(&self, parent: u64) -> Vec<&Inode> {
+        self.children
+            .iter()
+            .filter(|((p, _), _)| *p == parent)
+            .filter_map(|(_, i)| self.inodes.get(i))
+            .filter(|i| i.local || i.writer.is_some())
+            .collect()
+    }
+
+    /// Number of inodes held (for tests and status).
+    pub fn len(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Always false: the root is always there.
+    pub fn is_empty(&self) -> bool {
+        self.inodes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_keep_their_inode_numbers() {
+        let mut t = InodeTable::new("pfx/".into(), SystemTime::now());
+        let a = t.upsert_child(ROOT, "a", Kind::File, |i| i.size = 3);
+        let a2 = t.upsert_child(ROOT, "a", Kind::File, |i| i.size = 4);
+        assert_eq!(a, a2);
+        assert_eq!(t.get(a).unwrap().size, 4);
+        assert_eq!(t.get(a).unwrap().key, "pfx/a");
+        let d = t.upsert_child(ROOT, "d", Kind::Dir, |_| {});
+        assert_eq!(t.get(d).unwrap().key, "pfx/d/");
+        let f = t.upsert_child(d, "f", Kind::File, |_| {});
+        assert_eq!(t.get(f).unwrap().key, "pfx/d/f");
+        // A name that changes kind gets a new inode.
+        let a3 = t.upsert_child(ROOT, "a", Kind::Dir, |_| {});
+        assert_ne!(a, a3);
+        assert_eq!(t.remove_child(ROOT, "a"), Some(a3));
+        assert!(t.child(ROOT, "a").is_none());
+    }
+}

@@ -1,0 +1,928 @@
+//! The filesystem core: every POSIX operation bucketfs supports, as async
+//! functions returning `FsResult`, testable without a kernel. `fuse.rs` only
+//! decodes requests, calls these and encodes replies.
+//!
+//! The contract each operation keeps is written down in `docs/SEMANTICS.md`.
+
+pub mod error;
+pub mod inode;
+
+use crate::prefetch::Reader;
+use crate::s3::{ObjectStore, PutOptions};
+use crate::upload::{Upload, UploadConfig};
+pub use error::{FsError, FsResult};
+use inode::{Inode, InodeTable, Kind, ROOT};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// S3's limit on key length, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+/// The longest file name a listing may show (longer keys are skipped).
+pub const MAX_NAME_LEN: usize = 255;
+/// `st_blksize`: tools size their writes by it.
+pub const BLOCK_SIZE: u32 = 1024 * 1024;
+
+/// How a mount behaves.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Key prefix the mount shows ("" or ending in `/`).
+    pub prefix: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    pub read_only: bool,
+    pub upload: UploadConfig,
+    /// How long attributes and listings are trusted.
+    pub metadata_ttl: Duration,
+    /// Largest read-ahead window per open file.
+    pub max_readahead: u64,
+}
+
+/// File attributes as the kernel wants them (converted in `fuse.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    /// 512-byte blocks: ceil(size / 512), so `cp` does not think files sparse.
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub blksize: u32,
+}
+
+/// One entry of a directory listing snapshot.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// Attribute changes of a setattr call.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// Filesystem totals for statfs: large, so `df` and `cp` never refuse.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// How a write handle stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WriteState {
+    /// Accepting writes.
+    Open,
+    /// Completed by flush or fsync: the object is durable; later writes fail.
+    Done,
+    /// Failed; the error was reported once.
+    Failed,
+}
+
+/// A file open for writing.
+struct WriteHandle {
+    ino: u64,
+    key: String,
+    /// Thread group of the opener: only its close completes the upload.
+    opener_tgid: Option<u32>,
+    /// None until the first write for files opened without O_TRUNC.
+    upload: Option<Upload>,
+    state: WriteState,
+}
+
+/// What an open file handle holds.
+enum Handle {
+    Dir(Vec<DirEntry>),
+    Read(Reader),
+    Write(Box<WriteHandle>),
+}
+
+type SharedHandle = Arc<tokio::sync::Mutex<Handle>>;
+
+/// The filesystem: a bucket (through an [`ObjectStore`]) seen as directories and files.
+pub struct Fs {
+    store: Arc<dyn ObjectStore>,
+    cfg: FsConfig,
+    inodes: Mutex<InodeTable>,
+    handles: Mutex<HashMap<u64, SharedHandle>>,
+    next_fh: AtomicU64,
+    mounted_at: SystemTime,
+}
+
+/// The thread-group id (process id) of a thread, from /proc.
+pub fn tgid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Checks a name given by a program: UTF-8, and short enough for S3.
+fn check_name(name: &OsStr) -> FsResult<&str> {
+    let name = name.to_str().ok_or(FsError::IllegalName)?;
+    if name.len() > MAX_NAME_LEN {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(name)
+}
+
+/// Whether a listed name can be shown as a file name.
+fn listable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && name.len() <= MAX_NAME_LEN
+}
+
+impl Fs {
+    /// A filesystem over `store` (one bucket), showing keys under `cfg.prefix`.
+    pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> Self {
+        let now = SystemTime::now();
+        Fs {
+            inodes: Mutex::new(InodeTable::new(cfg.prefix.clone(), now)),
+            store,
+            cfg,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            mounted_at: now,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, InodeTable> {
+        self.inodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn attr_of(&self, i: &Inode) -> Attr {
+        let (default_perm, nlink) = match i.kind {
+            Kind::File => (self.cfg.file_mode, 1),
+            Kind::Dir => (self.cfg.dir_mode, 2),
+        };
+        Attr {
+            ino: i.ino,
+            kind: i.kind,
+            size: i.size,
+            blocks: i.size.div_ceil(512),
+            atime: i.atime,
+            mtime: i.mtime,
+            ctime: i.ctime,
+            perm: i.perm.unwrap_or(default_perm),
+            nlink,
+            uid: i.uid.unwrap_or(self.cfg.uid),
+            gid: i.gid.unwrap_or(self.cfg.gid),
+            blksize: BLOCK_SIZE,
+        }
+    }
+
+    fn inode(&self, ino: u64) -> FsResult<Inode> {
+        self.table().get(ino).cloned().ok_or(FsError::NotFound)
+    }
+
+    fn new_fh(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.insert_handle(fh, h);
+        fh
+    }
+
+    fn insert_handle(&self, fh: u64, h: Handle) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(h)));
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<SharedHandle> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    fn dir_key(&self, parent: u64) -> FsResult<String> {
+        let p = self.inode(parent)?;
+        if p.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(p.key)
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.cfg.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Looks up `name` in `parent`: served from fresh cached attributes (a
+    /// listing fills them), else one HEAD and one LIST sent together.
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let name = check_name(name)?;
+        let pkey = self.dir_key(parent)?;
+        {
+            let t = self.table();
+            if let Some(c) = t.child(parent, name) {
+                if c.local || c.writer.is_some() || c.valid_until > Instant::now() {
+                    return Ok(self.attr_of(c));
+                }
+            }
+        }
+        let key = format!("{pkey}{name}");
+        if key.len() + 1 > MAX_KEY_LEN {
+            return Err(FsError::NameTooLong);
+        }
+        let dir_prefix = format!("{key}/");
+        let (head, list) = tokio::join!(
+            self.store.head_object(&key),
+            self.store
+                .list_objects_page(&dir_prefix, None, None, Some(1))
+        );
+        let list = list?;
+        let valid_until = Instant::now() + self.cfg.metadata_ttl;
+        let mut t = self.table();
+        if !list.objects.is_empty() || !list.common_prefixes.is_empty() {
+            let ino = t.upsert_child(parent, name, Kind::Dir, |i| {
+                i.valid_until = valid_until;
+                i.mtime = self.mounted_at;
+            });
+            return Ok(self.attr_of(t.get(ino).expect("inserted")));
+        }
+        match head {
+            Ok(h) => {
+                let ino = t.upsert_child(parent, name, Kind::File, |i| {
+                    i.size = h.size;
+                    i.mtime = h.last_modified.unwrap_or(self.mounted_at);
+                    i.ctime = i.mtime;
+                    i.etag = Some(h.etag.clone());
+                    i.valid_until = valid_until;
+                });
+                Ok(self.attr_of(t.get(ino).expect("inserted")))
+            }
+            Err(e) if e.is_not_found() => {
+                if let Some(c) = t.child(parent, name) {
+                    if !c.local && c.writer.is_none() {
+                        t.remove_child(parent, name);
+                    }
+                }
+                Err(FsError::NotFound)
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "lookup failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Attributes of an inode (cached; files being written show their current size).
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let i = self.inode(ino)?;
+        Ok(self.attr_of(&i))
+    }
+
+    /// Changes attributes. Mode, owner and times are kept by this mount (the
+    /// rsync issue persists them); size works on files being written, and
+    /// truncating a closed file to 0 stores an empty object.
+    pub async fn setattr(&self, ino: u64, fh: Option<u64>, s: SetAttr) -> FsResult<Attr> {
+        let inode = self.inode(ino)?;
+        if let Some(size) = s.size {
+            self.writable()?;
+            if inode.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            let writer = fh.filter(|f| self.is_write_handle(*f)).or(inode.writer);
+            match writer {
+                Some(wfh) => {
+                    let h = self.handle(wfh)?;
+                    let mut g = h.lock().await;
+                    let Handle::Write(w) = &mut *g else {
+                        return Err(FsError::BadHandle);
+                    };
+                    if w.state != WriteState::Open {
+                        return Err(FsError::Io("file already completed".into()));
+                    }
+                    if w.upload.is_none() {
+                        if size != 0 && size != inode.size {
+                            return Err(FsError::NotSupported(
+                                "resizing an existing object other than to 0",
+                            ));
+                        }
+                        if size == 0 {
+                            w.upload = Some(self.new_upload(w.key.clone()));
+                        }
+                    }
+                    if let Some(u) = w.upload.as_mut() {
+                        u.truncate(size).await.map_err(|e| {
+                            tracing::warn!(key = %w.key, size, error = %e, "truncate refused");
+                            FsError::from(e)
+                        })?;
+                    }
+                }
+                None if size == inode.size => {}
+                None if size == 0 => {
+                    let etag = self
+                        .store
+                        .put_object(
+                            &inode.key,
+                            bytes::Bytes::new(),
+                            None,
+                            &PutOptions::default(),
+                        )
+                        .await?;
+                    if let Some(i) = self.table().get_mut(ino) {
+                        i.etag = Some(etag);
+                    }
+                }
+                None => {
+                    return Err(FsError::NotSupported(
+                        "resizing a closed object other than to 0",
+                    ))
+                }
+            }
+        }
+        let mut t = self.table();
+        let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        if let Some(size) = s.size {
+            i.size = size;
+            i.mtime = SystemTime::now();
+        }
+        if let Some(m) = s.mode {
+            i.perm = Some((m & 0o7777) as u16);
+        }
+        if let Some(u) = s.uid {
+            i.uid = Some(u);
+        }
+        if let Some(g) = s.gid {
+            i.gid = Some(g);
+        }
+        if let Some(a) = s.atime {
+            i.atime = a;
+        }
+        if let Some(m) = s.mtime {
+            i.mtime = m;
+        }
+        i.ctime = SystemTime::now();
+        Ok(self.attr_of(i))
+    }
+
+    fn is_write_handle(&self, fh: u64) -> bool {
+        self.handle(fh)
+            .ok()
+            .and_then(|h| h.try_lock().ok().map(|g| matches!(&*g, Handle::Write(_))))
+            .unwrap_or(true)
+    }
+
+    /// Takes one listing snapshot of a directory (ListObjectsV2 with
+    /// delimiter `/`, every page) and returns a handle serving it.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let dir = self.inode(ino)?;
+        if dir.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut entries = vec![
+            DirEntry {
+                ino,
+                kind: Kind::Dir,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: dir.parent,
+                kind: Kind::Dir,
+                name: "..".into(),
+            },
+        ];
+        let mut dirs: Vec<String> = Vec::new();
+        let mut files: Vec<(String, crate::s3::ObjectEntry)> = Vec::new();
+        let mut token: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let page = self
+                .store
+                .list_objects_page(&dir.key, Some("/"), token.as_deref(), None)
+                .await?;
+            for p in page.common_prefixes {
+                let name = p[dir.key.len().min(p.len())..]
+                    .trim_end_matches('/')
+                    .to_string();
+                if listable_name(&name)
+                    && p.ends_with('/')
+                    && !p[dir.key.len()..].trim_end_matches('/').contains('/')
+                {
+                    dirs.push(name);
+                } else {
+                    tracing::warn!(key = %p, "skipping a prefix that cannot be a directory name");
+                }
+            }
+            for o in page.objects {
+                if o.key == dir.key {
+                    continue; // the directory's own marker
+                }
+                let name = o.key[dir.key.len().min(o.key.len())..].to_string();
+                if listable_name(&name) {
+                    files.push((name, o));
+                } else {
+                    tracing::warn!(key = %o.key, "skipping a key that cannot be a file name");
+                }
+            }
+            match page.next_token {
+                None => break,
+                Some(t) if !seen.insert(t.clone()) => {
+                    return Err(FsError::Io(format!(
+                        "listing of {:?} repeated a continuation token",
+                        dir.key
+                    )))
+                }
+                Some(t) => token = Some(t),
+            }
+        }
+        let valid_until = Instant::now() + self.cfg.metadata_ttl;
+        {
+            let mut t = self.table();
+            let dir_names: std::collections::HashSet<&str> =
+                dirs.iter().map(String::as_str).collect();
+            for name in &dirs {
+                let ino = t.upsert_child(ino, name, Kind::Dir, |i| {
+                    i.valid_until = valid_until;
+                    i.mtime = self.mounted_at;
+                });
+                entries.push(DirEntry {
+                    ino,
+                    kind: Kind::Dir,
+                    name: name.clone(),
+                });
+            }
+            for (name, o) in &files {
+                // A key that is both a file and a prefix shows as the directory.
+                if dir_names.contains(name.as_str()) {
+                    continue;
+                }
+                let ino = t.upsert_child(ino, name, Kind::File, |i| {
+                    if i.writer.is_none() {
+                        i.size = o.size;
+                        i.mtime = o.last_modified.unwrap_or(self.mounted_at);
+                        i.ctime = i.mtime;
+                        i.etag = Some(o.etag.clone());
+                        i.local = false;
+                    }
+                    i.valid_until = valid_until;
+                });
+                entries.push(DirEntry {
+                    ino,
+                    kind: Kind::File,
+                    name: name.clone(),
+                });
+            }
+            let listed: std::collections::HashSet<String> =
+                entries.iter().map(|e| e.name.clone()).collect();
+            for c in t.local_children(ino) {
+                if !listed.contains(&c.name) {
+                    entries.push(DirEntry {
+                        ino: c.ino,
+                        kind: c.kind,
+                        name: c.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(self.new_fh(Handle::Dir(entries)))
+    }
+
+    /// Entries of a directory snapshot from `offset` on.
+    pub async fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        let h = self.handle(fh)?;
+        let g = h.lock().await;
+        match &*g {
+            Handle::Dir(entries) => Ok(entries.iter().skip(offset as usize).cloned().collect()),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+
+    /// Forgets a directory snapshot.
+    pub async fn releasedir(&self, fh: u64) -> FsResult<()> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+        Ok(())
+    }
+
+    fn new_upload(&self, key: String) -> Upload {
+        Upload::new(
+            self.store.clone(),
+            key,
+            PutOptions::default(),
+            self.cfg.upload.clone(),
+        )
+    }
+
+    /// Creates a file: it exists in this mount at once and in the bucket at close.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        pid: u32,
+    ) -> FsResult<(Attr, u64)> {
+        self.writable()?;
+        let name = check_name(name)?;
+        let pkey = self.dir_key(parent)?;
+        let key = format!("{pkey}{name}");
+        if key.len() > MAX_KEY_LEN {
+            return Err(FsError::NameTooLong);
+        }
+        if let Some(c) = self.table().child(parent, name) {
+            if c.writer.is_some() {
+                return Err(FsError::Busy("file is being written"));
+            }
+            if c.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now();
+        let (ino, attr) = {
+            let mut t = self.table();
+            let ino = t.upsert_child(parent, name, Kind::File, |i| {
+                i.size = 0;
+                i.mtime = now;
+                i.ctime = now;
+                i.perm = Some((mode & 0o7777) as u16);
+                i.writer = Some(fh);
+                i.local = true;
+                i.etag = None;
+            });
+            (ino, self.attr_of(t.get(ino).expect("inserted")))
+        };
+        self.insert_handle(
+            fh,
+            Handle::Write(Box::new(WriteHandle {
+                ino,
+                key: key.clone(),
+                opener_tgid: tgid_of(pid).or(Some(pid)),
+                upload: Some(self.new_upload(key)),
+                state: WriteState::Open,
+            })),
+        );
+        Ok((attr, fh))
+    }
+
+    /// Opens a file. Reading streams the object; writing replaces it at close
+    /// (with O_TRUNC at once, without O_TRUNC only once a write at offset 0 comes).
+    pub async fn open(&self, ino: u64, flags: i32, pid: u32) -> FsResult<u64> {
+        let inode = self.inode(ino)?;
+        if inode.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let acc = flags & libc::O_ACCMODE;
+        if acc == libc::O_RDONLY {
+            if inode.writer.is_some() || inode.local {
+                return Err(FsError::Busy("file is being written through this mount"));
+            }
+            let r = Reader::new(
+                self.store.clone(),
+                inode.key.clone(),
+                inode.size,
+                self.cfg.max_readahead,
+            );
+            return Ok(self.new_fh(Handle::Read(r)));
+        }
+        self.writable()?;
+        if inode.writer.is_some() {
+            return Err(FsError::Busy("file is already open for writing"));
+        }
+        if flags & libc::O_APPEND != 0 && inode.size > 0 {
+            tracing::warn!(key = %inode.key, "append to an existing object is not supported yet");
+            return Err(FsError::NotSupported("append to an existing object"));
+        }
+        let trunc = flags & libc::O_TRUNC != 0 || inode.size == 0;
+        let fh = self.new_fh(Handle::Write(Box::new(WriteHandle {
+            ino,
+            key: inode.key.clone(),
+            opener_tgid: tgid_of(pid).or(Some(pid)),
+            upload: trunc.then(|| self.new_upload(inode.key.clone())),
+            state: WriteState::Open,
+        })));
+        let mut t = self.table();
+        if let Some(i) = t.get_mut(ino) {
+            i.writer = Some(fh);
+            if trunc {
+                i.size = 0;
+            }
+        }
+        Ok(fh)
+    }
+
+    /// Reads from a file opened for reading.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
+        let h = self.handle(fh)?;
+        let mut g = h.lock().await;
+        match &mut *g {
+            Handle::Read(r) => r.read(offset, size).await.map_err(|e| {
+                tracing::warn!(fh, offset, size, error = %e, "read failed");
+                FsError::from(e)
+            }),
+            Handle::Write(_) => Err(FsError::BadHandle),
+            Handle::Dir(_) => Err(FsError::IsDir),
+        }
+    }
+
+    /// Writes into a file being uploaded.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handle(fh)?;
+        let mut g = h.lock().await;
+        let Handle::Write(w) = &mut *g else {
+            return Err(FsError::BadHandle);
+        };
+        if w.state != WriteState::Open {
+            tracing::warn!(key = %w.key, offset, "write after the file was completed or failed");
+            return Err(FsError::Io("file already completed or failed".into()));
+        }
+        if w.upload.is_none() {
+            if offset != 0 {
+                tracing::warn!(key = %w.key, offset, "write into an existing object not starting at offset 0");
+                return Err(FsError::Invalid(format!(
+                    "write at {offset} into existing object"
+                )));
+            }
+            w.upload = Some(self.new_upload(w.key.clone()));
+        }
+        let u = w.upload.as_mut().expect("set above");
+        if let Err(e) = u.write(offset, data).await {
+            tracing::warn!(key = %w.key, offset, len = data.len(), size = u.size(), error = %e, "write refused");
+            if matches!(e, crate::upload::UploadError::Failed(_)) {
+                w.state = WriteState::Failed;
+            }
+            return Err(e.into());
+        }
+        let size = u.size();
+        if let Some(i) = self.table().get_mut(w.ino) {
+            i.size = size;
+            i.mtime = SystemTime::now();
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Completes the upload of a write handle; the object is durable when this returns Ok.
+    async fn complete(&self, w: &mut WriteHandle) -> FsResult<()> {
+        let Some(upload) = w.upload.take() else {
+            // Opened for writing but never written: nothing changes.
+            return Ok(());
+        };
+        let unlinked = {
+            let t = self.table();
+            match t.get(w.ino) {
+                Some(i) => t.child(i.parent, &i.name).map(|c| c.ino) != Some(w.ino),
+                None => true,
+            }
+        };
+        if unlinked {
+            let mut u = upload;
+            u.abort().await;
+            w.state = WriteState::Done;
+            return Ok(());
+        }
+        match upload.finish().await {
+            Ok(f) => {
+                tracing::info!(key = %w.key, size = f.size, parts = f.parts, etag = %f.etag, "stored");
+                w.state = WriteState::Done;
+                if let Some(i) = self.table().get_mut(w.ino) {
+                    i.size = f.size;
+                    i.etag = Some(f.etag);
+                    i.local = false;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(key = %w.key, error = %e, "close failed: nothing was stored at the key");
+                w.state = WriteState::Failed;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// close(): the opener's close completes the upload and returns its
+    /// outcome; a close from another process (a forked child) does nothing.
+    pub async fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let mut g = h.lock().await;
+        let Handle::Write(w) = &mut *g else {
+            return Ok(());
+        };
+        if w.state == WriteState::Failed {
+            // Reported once; the upload was aborted.
+            w.state = WriteState::Done;
+            return Err(FsError::Io("an earlier write failed".into()));
+        }
+        if w.state != WriteState::Open {
+            return Ok(());
+        }
+        let caller = tgid_of(pid).unwrap_or(pid);
+        if w.opener_tgid.is_some() && w.opener_tgid != Some(caller) {
+            tracing::debug!(key = %w.key, pid, "close from another process: not completing");
+            return Ok(());
+        }
+        self.complete(w).await
+    }
+
+    /// fsync: completes the upload whoever calls it; later writes fail.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let mut g = h.lock().await;
+        match &mut *g {
+            Handle::Write(w) if w.state == WriteState::Open => self.complete(w).await,
+            Handle::Write(w) if w.state == WriteState::Failed => {
+                Err(FsError::Io("an earlier write failed".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The last close: completes what no flush completed (errors only logged),
+    /// and forgets the handle.
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+        let Some(h) = h else { return Ok(()) };
+        let mut g = h.lock().await;
+        if let Handle::Write(w) = &mut *g {
+            if w.state == WriteState::Open && w.upload.is_some() {
+                if let Err(e) = self.complete(w).await {
+                    tracing::error!(key = %w.key, error = %e, "upload at release failed");
+                }
+            }
+            if let Some(mut u) = w.upload.take() {
+                u.abort().await;
+            }
+            let mut t = self.table();
+            let drop_name = if let Some(i) = t.get_mut(w.ino) {
+                if i.writer == Some(fh) {
+                    i.writer = None;
+                }
+                // A file that never reached the bucket disappears.
+                (i.local && w.state != WriteState::Done).then(|| (i.parent, i.name.clone()))
+            } else {
+                None
+            };
+            if let Some((p, n)) = drop_name {
+                if t.child(p, &n).map(|c| c.ino) == Some(w.ino) {
+                    t.remove_child(p, &n);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// mkdir: writes the `name/` marker object so the directory persists.
+    pub async fn mkdir(&self, parent: u64, name: &OsStr, mode: u32) -> FsResult<Attr> {
+        self.writable()?;
+        let name = check_name(name)?;
+        let pkey = self.dir_key(parent)?;
+        let key = format!("{pkey}{name}/");
+        if key.len() > MAX_KEY_LEN {
+            return Err(FsError::NameTooLong);
+        }
+        if self.table().child(parent, name).is_some() {
+            return Err(FsError::Exists);
+        }
+        let opts = PutOptions {
+            content_type: Some("application/x-directory".into()),
+            ..Default::default()
+        };
+        self.store
+            .put_object(&key, bytes::Bytes::new(), None, &opts)
+            .await?;
+        let now = SystemTime::now();
+        let valid_until = Instant::now() + self.cfg.metadata_ttl;
+        let mut t = self.table();
+        let ino = t.upsert_child(parent, name, Kind::Dir, |i| {
+            i.mtime = now;
+            i.ctime = now;
+            i.perm = Some((mode & 0o7777) as u16);
+            i.valid_until = valid_until;
+        });
+        Ok(self.attr_of(t.get(ino).expect("inserted")))
+    }
+
+    /// rmdir: ENOTEMPTY while any key is under the prefix; else deletes the marker.
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.writable()?;
+        let name = check_name(name)?;
+        let pkey = self.dir_key(parent)?;
+        let prefix = format!("{pkey}{name}/");
+        {
+            let t = self.table();
+            if let Some(c) = t.child(parent, name) {
+                if c.kind != Kind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                if !t.local_children(c.ino).is_empty() {
+                    return Err(FsError::NotEmpty);
+                }
+            }
+        }
+        let page = self
+            .store
+            .list_objects_page(&prefix, None, None, Some(2))
+            .await?;
+        if page.objects.iter().any(|o| o.key != prefix) {
+            return Err(FsError::NotEmpty);
+        }
+        if page.objects.is_empty() && self.table().child(parent, name).is_none() {
+            return Err(FsError::NotFound);
+        }
+        self.store.delete_object(&prefix).await?;
+        self.table().remove_child(parent, name);
+        Ok(())
+    }
+
+    /// unlink: DeleteObject. A file still being written is forgotten at once
+    /// and its upload aborted at close: nothing reappears.
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.writable()?;
+        let name = check_name(name)?;
+        let pkey = self.dir_key(parent)?;
+        let key = format!("{pkey}{name}");
+        let child = self.table().child(parent, name).cloned();
+        if let Some(c) = &child {
+            if c.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+        }
+        let local_only = child.as_ref().map(|c| c.local).unwrap_or(false);
+        if !local_only {
+            if child.is_none() {
+                // Not known here: make sure it exists, for a correct ENOENT.
+                self.store.head_object(&key).await?;
+            }
+            self.store.delete_object(&key).await?;
+        }
+        self.table().remove_child(parent, name);
+        Ok(())
+    }
+
+    /// rename is not supported yet: EXDEV makes `mv` and rsync fall back to copy and unlink.
+    pub async fn rename(&self) -> FsResult<()> {
+        Err(FsError::CrossDevice(
+            "rename is done by copy and delete in the caller",
+        ))
+    }
+
+    /// statfs: large numbers, so `df` and `cp` never refuse.
+    pub fn statfs(&self) -> StatFs {
+        StatFs {
+            blocks: 1 << 40,
+            bfree: 1 << 40,
+            files: 1 << 40,
+            ffree: 1 << 40,
+            bsize: BLOCK_SIZE,
+            namelen: MAX_NAME_LEN as u32,
+        }
+    }
+
+    /// Number of open handles (tests, status).
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The inode of a path relative to the root, if known (tests).
+    pub fn known_inode(&self, parent: u64, name: &str) -> Option<u64> {
+        self.table().child(parent, name).map(|i| i.ino)
+    }
+
+    /// The root inode number.
+    pub fn root(&self) -> u64 {
+        ROOT
+    }
+}

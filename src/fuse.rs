@@ -1,0 +1,455 @@
+//! The kernel adapter: `impl fuser::Filesystem`. Decodes each request, moves
+//! its reply into a tokio task that calls the filesystem core, and encodes
+//! the answer. No S3 types and no decisions live here, and no FUSE worker
+//! thread ever blocks on the network or on memory.
+
+use crate::fs::inode::Kind;
+use crate::fs::{Attr, Fs, FsError, SetAttr};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Largest write the kernel sends in one request.
+pub const MAX_WRITE: u32 = 1024 * 1024;
+
+/// `fuser::Filesystem` over the filesystem core.
+pub struct FuseFs {
+    fs: Arc<Fs>,
+    rt: tokio::runtime::Handle,
+    ttl: Duration,
+}
+
+impl FuseFs {
+    /// Wraps the core; requests run as tasks on `rt`.
+    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
+        let ttl = fs.config().metadata_ttl;
+        FuseFs { fs, rt, ttl }
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+    }
+}
+
+fn time(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+/// Runs one request as a task: `$body` yields a Result; Ok goes to `$ok`, Err to `reply.error`.
+macro_rules! run {
+    ($self:ident, $reply:ident, $body:expr, |$v:pat_param| $ok:expr) => {{
+        let fs = $self.fs.clone();
+        let _ = &fs;
+        $self.rt.spawn(async move {
+            let fs = fs;
+            let _ = &fs;
+            match $body(fs).await {
+                Ok($v) => $ok,
+                Err(e) => $reply.error(errno(&e)),
+            }
+        });
+    }};
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        // open(O_TRUNC) arrives with O_TRUNC instead of OPEN + SETATTR(size=0).
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.to_owned();
+        let ttl = self.ttl;
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.lookup(parent.0, &name).await },
+            |a| reply.entry(&ttl, &file_attr(&a), Generation(0))
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let ttl = self.ttl;
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.getattr(ino.0).await },
+            |a| reply.attr(&ttl, &file_attr(&a))
+        );
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+        };
+        let ttl = self.ttl;
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.setattr(ino.0, fh.map(|f| f.0), s).await },
+            |a| reply.attr(&ttl, &file_attr(&a))
+        );
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name.to_owned();
+        let ttl = self.ttl;
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.mkdir(parent.0, &name, mode & !umask).await },
+            |a| reply.entry(&ttl, &file_attr(&a), Generation(0))
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.unlink(parent.0, &name).await },
+            |()| reply.ok()
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.rmdir(parent.0, &name).await },
+            |()| reply.ok()
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.rename().await },
+            |()| reply.ok()
+        );
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _t: &Path, reply: ReplyEntry) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let pid = req.pid();
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.open(ino.0, flags.0, pid).await },
+            |fh| reply.opened(FileHandle(fh), FopenFlags::empty())
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name.to_owned();
+        let pid = req.pid();
+        let ttl = self.ttl;
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.create(parent.0, &name, mode & !umask, pid).await },
+            |(a, fh)| reply.created(
+                &ttl,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty()
+            )
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.read(fh.0, offset, size).await },
+            |b| reply.data(&b)
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.write(fh.0, offset, &data).await },
+            |n| reply.written(n)
+        );
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let pid = req.pid();
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.flush(fh.0, pid).await },
+            |()| reply.ok()
+        );
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.release(fh.0).await },
+            |()| reply.ok()
+        );
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.fsync(fh.0).await },
+            |()| reply.ok()
+        );
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.opendir(ino.0).await },
+            |fh| reply.opened(FileHandle(fh), FopenFlags::empty())
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.readdir(fh.0, offset).await {
+                Ok(entries) => {
+                    for (i, e) in entries.iter().enumerate() {
+                        let next = offset + i as u64 + 1;
+                        if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.releasedir(fh.0).await },
+            |()| reply.ok()
+        );
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _d: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        reply.statfs(
+            s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _n: &OsStr,
+        _v: &[u8],
+        _f: i32,
+        _p: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _s: u32, reply: ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _s: u32, reply: ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // cp --sparse=always ignores only EOPNOTSUPP and ENOSYS.
+        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+    }
+}

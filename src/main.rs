@@ -1,0 +1,319 @@
+//! The `bucketfs` command line. The only place that uses anyhow and exits.
+
+use anyhow::Context;
+use bucketfs::admin::{self, AbortFilter};
+use bucketfs::s3::{Client, ConfigOverrides, PayloadSigning, S3Config};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+/// Mount an S3-compatible bucket as a directory, and manage its uploads.
+///
+/// Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+/// AWS_SESSION_TOKEN, else from ~/.aws/credentials (AWS_PROFILE,
+/// AWS_SHARED_CREDENTIALS_FILE). They are never accepted on the command line.
+#[derive(Parser, Debug)]
+#[command(name = "bucketfs", version, about, long_about)]
+struct Cli {
+    #[command(flatten)]
+    s3: S3Args,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the bucket lives.
+#[derive(Args, Debug, Clone)]
+struct S3Args {
+    /// S3 endpoint, e.g. http://127.0.0.1:3900 [default: AWS_ENDPOINT_URL, else AWS S3 of the region]
+    #[arg(long, global = true, value_name = "URL")]
+    endpoint_url: Option<String>,
+    /// Signing region [default: AWS_REGION, else us-east-1]
+    #[arg(long, global = true)]
+    region: Option<String>,
+    /// Address buckets as http://host/bucket (automatic for IP addresses and localhost)
+    #[arg(long, global = true)]
+    force_path_style: bool,
+    /// How request bodies are signed: `unsigned` sends UNSIGNED-PAYLOAD for bodies
+    /// protected by a signed Content-MD5, `signed` hashes every body with SHA-256 too
+    #[arg(long, global = true, value_enum, default_value_t = Signing::Unsigned)]
+    payload_signing: Signing,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum Signing {
+    Signed,
+    Unsigned,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mount BUCKET[/PREFIX] at DIR. Files copied in stream to the bucket as
+    /// they are written; close() returns once the object is durable.
+    Mount(MountArgs),
+    /// In-progress multipart uploads: list them, abort them.
+    #[command(subcommand)]
+    Uploads(UploadsCmd),
+}
+
+/// Options of `bucketfs mount`.
+#[derive(Args, Debug)]
+struct MountArgs {
+    /// BUCKET or BUCKET/PREFIX
+    target: String,
+    /// The directory to mount on
+    dir: std::path::PathBuf,
+    /// Stay attached and log to stderr (otherwise detach once mounted)
+    #[arg(short, long)]
+    foreground: bool,
+    /// Mount read-only
+    #[arg(long)]
+    read_only: bool,
+    /// Size of the first parts; later parts grow (see docs/SEMANTICS.md). At least 5MiB
+    #[arg(long, default_value = "8MiB", value_parser = parse_size_arg)]
+    part_size: u64,
+    /// Largest part the schedule grows to (a part is held whole in memory for its MD5)
+    #[arg(long, default_value = "128MiB", value_parser = parse_size_arg)]
+    max_part_size: u64,
+    /// Parts of one file uploading at once
+    #[arg(long, default_value_t = 4)]
+    max_parts_in_flight: usize,
+    /// Owner shown for files and directories [default: the mounting user]
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Group shown for files and directories [default: the mounting user's group]
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Permission bits of files, octal
+    #[arg(long, default_value = "644", value_parser = parse_mode)]
+    file_mode: u16,
+    /// Permission bits of directories, octal
+    #[arg(long, default_value = "755", value_parser = parse_mode)]
+    dir_mode: u16,
+    /// How long listings and attributes are trusted, e.g. 1s, 500ms
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    metadata_ttl: Duration,
+    /// Largest read-ahead window of one open file
+    #[arg(long, default_value = "64MiB", value_parser = parse_size_arg)]
+    max_readahead: u64,
+    /// FUSE worker threads (requests are answered from async tasks, so few are needed)
+    #[arg(long, default_value_t = 2)]
+    fuse_threads: usize,
+    /// Write the daemon's log here (a background mount has no stderr)
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<std::path::PathBuf>,
+    /// Comma-separated mount options as fstab passes them: ro, rw, allow_other,
+    /// allow_root, uid=N, gid=N, file_mode=OCTAL, dir_mode=OCTAL, ...
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    bucketfs::mount::parse_size(s)
+}
+
+fn parse_mode(s: &str) -> Result<u16, String> {
+    u16::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?}: not an octal mode"))
+}
+
+fn mount(args: MountArgs, s3: &S3Args) -> anyhow::Result<()> {
+    use bucketfs::mount as m;
+    let (bucket, prefix) = admin::parse_target(&args.target).map_err(anyhow::Error::msg)?;
+    let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+        prefix
+    } else {
+        format!("{prefix}/")
+    };
+    if args.part_size < bucketfs::upload::schedule::MIN_PART {
+        anyhow::bail!("--part-size must be at least 5MiB (S3's smallest part)");
+    }
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut o = m::MountOptions {
+        bucket,
+        prefix,
+        mountpoint: args.dir.clone(),
+        foreground: args.foreground,
+        read_only: args.read_only,
+        allow_other: false,
+        allow_root: false,
+        uid: args.uid.unwrap_or(uid),
+        gid: args.gid.unwrap_or(gid),
+        file_mode: args.file_mode,
+        dir_mode: args.dir_mode,
+        part_size: args.part_size,
+        max_part_size: args.max_part_size.max(args.part_size),
+        max_parts_in_flight: args.max_parts_in_flight.max(1),
+        fuse_threads: args.fuse_threads.max(1),
+        metadata_ttl: args.metadata_ttl,
+        max_readahead: args.max_readahead,
+    };
+    for spec in &args.options {
+        m::apply_o_options(&mut o, spec).map_err(anyhow::Error::msg)?;
+    }
+    m::prepare_mountpoint(&o.mountpoint).map_err(anyhow::Error::msg)?;
+    // Fork before any thread (the tokio runtime) exists.
+    let ready = if o.foreground {
+        m::foreground()
+    } else {
+        m::daemonize().map_err(anyhow::Error::msg)?
+    };
+    init_logging_to(
+        if o.foreground { "info" } else { "warn" },
+        args.log_file.as_deref(),
+        !o.foreground,
+    );
+    let client = match client(s3) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut ready = ready;
+            ready.report(Err(format!("{e:#}")));
+            return Err(e);
+        }
+    };
+    m::serve(client, &o, ready).map_err(anyhow::Error::msg)
+}
+
+#[derive(Subcommand, Debug)]
+enum UploadsCmd {
+    /// Print one line per in-progress upload: `<key> <upload-id> <initiated>`.
+    /// Keys are escaped (\n, \t, \\, \u{..}) so a key cannot forge a line;
+    /// the last two fields never contain spaces.
+    List {
+        /// BUCKET or BUCKET/PREFIX
+        target: String,
+    },
+    /// Abort in-progress uploads under BUCKET[/PREFIX]. One of --older-than or
+    /// --all is required: a bare abort would kill the live uploads of running mounts.
+    Abort {
+        /// BUCKET or BUCKET/PREFIX
+        target: String,
+        /// Only uploads initiated longer ago than this (e.g. 30m, 6h, 7days)
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "all", required_unless_present = "all")]
+        older_than: Option<Duration>,
+        /// Every upload under the target, including those of running mounts
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn client(a: &S3Args) -> anyhow::Result<Client> {
+    let cfg = S3Config::from_env(&ConfigOverrides {
+        endpoint_url: a.endpoint_url.clone(),
+        region: a.region.clone(),
+        force_path_style: a.force_path_style,
+        payload_signing: Some(match a.payload_signing {
+            Signing::Signed => PayloadSigning::Signed,
+            Signing::Unsigned => PayloadSigning::UnsignedWithMd5,
+        }),
+    })?;
+    Ok(Client::new(cfg)?)
+}
+
+fn init_logging(default: &str) {
+    init_logging_to(default, None, false)
+}
+
+/// Logs to stderr, or to `file`; a detached daemon without a file logs nowhere.
+fn init_logging_to(default: &str, file: Option<&std::path::Path>, detached: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BUCKETFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let opened = file.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| eprintln!("bucketfs: log file {}: {e}", p.display()))
+            .ok()
+    });
+    let _ = match opened {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .try_init(),
+        None if detached => builder.with_writer(std::io::sink).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+async fn uploads(cmd: UploadsCmd, s3: &S3Args) -> anyhow::Result<()> {
+    let client = client(s3)?;
+    match cmd {
+        UploadsCmd::List { target } => {
+            let (bucket, prefix) = admin::parse_target(&target).map_err(anyhow::Error::msg)?;
+            let uploads = client.list_uploads(&bucket, &prefix).await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for u in &uploads {
+                writeln!(out, "{}", admin::upload_line(u))?;
+            }
+            out.flush()?;
+        }
+        UploadsCmd::Abort {
+            target,
+            older_than,
+            all,
+        } => {
+            let (bucket, prefix) = admin::parse_target(&target).map_err(anyhow::Error::msg)?;
+            let filter = match (older_than, all) {
+                (Some(d), _) => AbortFilter::OlderThan(d),
+                (None, true) => AbortFilter::All,
+                (None, false) => anyhow::bail!("give --older-than DURATION or --all"),
+            };
+            let report =
+                admin::abort_uploads(&client, &bucket, &prefix, filter, SystemTime::now()).await?;
+            println!(
+                "aborted {} uploads ({} kept, {} failed)",
+                report.aborted,
+                report.kept,
+                report.failed.len()
+            );
+            if let Some((key, e)) = report.failed.first() {
+                anyhow::bail!(
+                    "{} aborts failed; first: {}: {e}",
+                    report.failed.len(),
+                    admin::escape_key(key)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Mount(args) = cli.command {
+        // No runtime yet: the mount forks first.
+        return match mount(args, &cli.s3) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bucketfs: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging("warn");
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|rt| {
+            rt.block_on(async {
+                match cli.command {
+                    Command::Uploads(cmd) => uploads(cmd, &cli.s3).await,
+                    Command::Mount(_) => unreachable!("handled before the runtime starts"),
+                }
+            })
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the S3 error already names its code and message.
+            eprintln!("bucketfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

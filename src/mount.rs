@@ -1,0 +1,388 @@
+//! `bucketfs mount`: option parsing (including fstab's `-o`), mount point
+//! checks, detaching into the background with a readiness pipe, and the
+//! session itself.
+
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::FuseFs;
+use crate::s3::{BucketClient, Client, ObjectStore, S3Error};
+use crate::upload::schedule::{Schedule, MIN_PART};
+use crate::upload::UploadConfig;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a mount needs besides the S3 configuration.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub bucket: String,
+    /// Key prefix, "" or ending in `/`.
+    pub prefix: String,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    pub part_size: u64,
+    pub max_part_size: u64,
+    pub max_parts_in_flight: usize,
+    pub fuse_threads: usize,
+    pub metadata_ttl: Duration,
+    pub max_readahead: u64,
+}
+
+/// Applies comma-separated `-o` options as fstab and mount(8) pass them.
+pub fn apply_o_options(o: &mut MountOptions, spec: &str) -> Result<(), String> {
+    for opt in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, value) = match opt.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (opt, None),
+        };
+        let num = |v: Option<&str>| -> Result<u32, String> {
+            v.ok_or_else(|| format!("-o {name} needs a value"))?
+                .parse()
+                .map_err(|_| format!("-o {opt}: not a number"))
+        };
+        let mode = |v: Option<&str>| -> Result<u16, String> {
+            let v = v.ok_or_else(|| format!("-o {name} needs a value"))?;
+            u16::from_str_radix(v, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| format!("-o {opt}: not an octal mode"))
+        };
+        match name {
+            "ro" => o.read_only = true,
+            "rw" => o.read_only = false,
+            "allow_other" => o.allow_other = true,
+            "allow_root" => o.allow_root = true,
+            "uid" => o.uid = num(value)?,
+            "gid" => o.gid = num(value)?,
+            "file_mode" => o.file_mode = mode(value)?,
+            "dir_mode" => o.dir_mode = mode(value)?,
+            "foreground" => o.foreground = true,
+            // Accepted and meaningless here (fstab/mount(8) pass them), or always on.
+            "default_permissions"
+            | "_netdev"
+            | "nofail"
+            | "noauto"
+            | "auto"
+            | "user"
+            | "users"
+            | "nouser"
+            | "defaults"
+            | "exec"
+            | "noexec"
+            | "suid"
+            | "nosuid"
+            | "dev"
+            | "nodev"
+            | "atime"
+            | "noatime"
+            | "relatime"
+            | "async" => {}
+            n if n.starts_with("x-") || n.starts_with("comment") => {}
+            _ => return Err(format!("unknown mount option -o {opt}")),
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure the mount point is a usable directory. A mount left dead by a
+/// crashed daemon ("Transport endpoint is not connected") is detached first.
+pub fn prepare_mountpoint(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|_| format!("{}: bad path", dir.display()))?;
+            // SAFETY: c is a valid NUL-terminated path.
+            let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            if rc != 0 {
+                let fallback = std::process::Command::new("fusermount3")
+                    .args(["-u", "-z"])
+                    .arg(dir)
+                    .status();
+                if !matches!(fallback, Ok(s) if s.success()) {
+                    return Err(format!(
+                        "{}: a dead mount is there and could not be cleared: {}",
+                        dir.display(),
+                        std::io::Error::last_os_error()
+                    ));
+                }
+            }
+            tracing::info!(dir = %dir.display(), "cleared a dead mount left by a crashed daemon");
+            prepare_mountpoint(dir)
+        }
+        Err(e) => Err(format!("{}: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => Err(format!("{}: not a directory", dir.display())),
+        Ok(_) => {
+            if !Path::new("/dev/fuse").exists() {
+                return Err("/dev/fuse is missing: load the fuse module (modprobe fuse) or pass the device to the container".into());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One line saying why the bucket cannot be mounted.
+pub fn describe_bucket_error(bucket: &str, e: &S3Error) -> String {
+    match e {
+        _ if e.is_not_found() => format!("bucket {bucket:?} does not exist"),
+        S3Error::Service { status: 403, .. } => {
+            format!("access to bucket {bucket:?} denied (check the credentials): {e}")
+        }
+        S3Error::Transport { .. } => format!("cannot reach the S3 endpoint: {e}"),
+        _ => format!("cannot use bucket {bucket:?}: {e}"),
+    }
+}
+
+/// The other end of the readiness pipe: the parent waits on it.
+pub struct Readiness {
+    fd: Option<std::fs::File>,
+}
+
+impl Readiness {
+    /// Tells the waiting parent the mount is ready (or why it failed).
+    pub fn report(&mut self, outcome: Result<(), String>) {
+        if let Some(mut f) = self.fd.take() {
+            let msg = match outcome {
+                Ok(()) => "OK\n".to_string(),
+                Err(e) => format!("ERR {e}\n"),
+            };
+            let _ = f.write_all(msg.as_bytes());
+        } else if let Err(e) = outcome {
+            eprintln!("bucketfs: {e}");
+        }
+    }
+}
+
+/// Forks before any thread exists. The parent waits on the readiness pipe
+/// and exits with the mount's outcome; the child returns and goes on.
+pub fn daemonize() -> Result<Readiness, String> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the process is single-threaded here (before the runtime starts).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors were just created and are owned here.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    if pid > 0 {
+        drop(w);
+        let mut msg = String::new();
+        let _ = std::fs::File::from(r).read_to_string(&mut msg);
+        if msg.starts_with("OK") {
+            std::process::exit(0);
+        }
+        let line = msg
+            .strip_prefix("ERR ")
+            .unwrap_or("the mount daemon exited before the mount was ready");
+        eprintln!("bucketfs: {}", line.trim_end());
+        std::process::exit(1);
+    }
+    drop(r);
+    // SAFETY: plain syscalls in the child.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            libc::close(null);
+        }
+    }
+    Ok(Readiness {
+        fd: Some(std::fs::File::from(w)),
+    })
+}
+
+/// Readiness for a foreground mount: errors go to stderr.
+pub fn foreground() -> Readiness {
+    Readiness { fd: None }
+}
+
+/// Mounts and serves until unmounted. Reports readiness once the kernel
+/// handshake is done, or the first error.
+pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bucketfs")
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let result: Result<_, String> = (|| {
+        rt.block_on(client.head_bucket(&o.bucket))
+            .map_err(|e| describe_bucket_error(&o.bucket, &e))?;
+        let store: Arc<dyn ObjectStore> = Arc::new(BucketClient {
+            client,
+            bucket: o.bucket.clone(),
+            sse: None,
+        });
+        let cfg = FsConfig {
+            prefix: o.prefix.clone(),
+            uid: o.uid,
+            gid: o.gid,
+            file_mode: o.file_mode,
+            dir_mode: o.dir_mode,
+            read_only: o.read_only,
+            upload: UploadConfig {
+                schedule: Schedule {
+                    base: o.part_size.max(MIN_PART),
+                    max_part: o.max_part_size,
+                },
+                max_in_flight: o.max_parts_in_flight,
+                hold_first_part: true,
+            },
+            metadata_ttl: o.metadata_ttl,
+            max_readahead: o.max_readahead,
+        };
+        let fs = Arc::new(Fs::new(store, cfg));
+        let mut opts = vec![
+            fuser::MountOption::FSName(format!("bucketfs:{}", o.bucket)),
+            fuser::MountOption::Subtype("bucketfs".into()),
+            fuser::MountOption::DefaultPermissions,
+            fuser::MountOption::NoDev,
+            fuser::MountOption::NoSuid,
+        ];
+        opts.push(if o.read_only {
+            fuser::MountOption::RO
+        } else {
+            fuser::MountOption::RW
+        });
+        let mut config = fuser::Config::default();
+        config.mount_options = opts;
+        config.acl = if o.allow_other {
+            fuser::SessionACL::All
+        } else if o.allow_root {
+            fuser::SessionACL::RootAndOwner
+        } else {
+            fuser::SessionACL::Owner
+        };
+        config.n_threads = Some(o.fuse_threads.max(1));
+        let session =
+            fuser::Session::new(FuseFs::new(fs, rt.handle().clone()), &o.mountpoint, &config)
+                .map_err(|e| format!("mounting {}: {e}", o.mountpoint.display()))?;
+        Ok(session)
+    })();
+    let mut session = match result {
+        Ok(s) => s,
+        Err(e) => {
+            ready.report(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let unmounter = std::sync::Mutex::new(Some(session.unmount_callable()));
+    let dir = o.mountpoint.clone();
+    rt.spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let int = tokio::signal::ctrl_c();
+        tokio::select! {
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            _ = int => {}
+        }
+        tracing::info!(dir = %dir.display(), "signal received: unmounting");
+        if let Some(mut u) = unmounter.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Err(e) = u.unmount() {
+                tracing::warn!(error = %e, "unmount failed");
+            }
+        }
+    });
+    tracing::info!(bucket = %o.bucket, prefix = %o.prefix, dir = %o.mountpoint.display(), "mounted");
+    ready.report(Ok(()));
+    let r = session.run().map_err(|e| format!("FUSE session: {e}"));
+    tracing::info!("unmounted");
+    rt.shutdown_timeout(Duration::from_secs(30));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> MountOptions {
+        MountOptions {
+            bucket: "b".into(),
+            prefix: String::new(),
+            mountpoint: "/mnt".into(),
+            foreground: false,
+            read_only: false,
+            allow_other: false,
+            allow_root: false,
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            part_size: 8 << 20,
+            max_part_size: 128 << 20,
+            max_parts_in_flight: 4,
+            fuse_threads: 2,
+            metadata_ttl: Duration::from_secs(1),
+            max_readahead: 64 << 20,
+        }
+    }
+
+    #[test]
+    fn fstab_options() {
+        let mut o = defaults();
+        apply_o_options(&mut o, "ro,allow_other,uid=1000,gid=100,file_mode=0600,dir_mode=700,_netdev,nofail,x-systemd.automount").unwrap();
+        assert!(o.read_only && o.allow_other);
+        assert_eq!(
+            (o.uid, o.gid, o.file_mode, o.dir_mode),
+            (1000, 100, 0o600, 0o700)
+        );
+        assert!(apply_o_options(&mut o, "bogus").is_err());
+        assert!(apply_o_options(&mut o, "uid=x").is_err());
+        assert!(apply_o_options(&mut o, "file_mode=999").is_err());
+        apply_o_options(&mut o, "rw").unwrap();
+        assert!(!o.read_only);
+    }
+
+    #[test]
+    fn mountpoint_checks() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert!(prepare_mountpoint(f.path())
+            .unwrap_err()
+            .contains("not a directory"));
+        assert!(prepare_mountpoint(Path::new("/no/such/dir")).is_err());
+    }
+}
+
+/// Parses a byte size: `8388608`, `8M`, `8MiB`, `1G`, `512k` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: not a size"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G, T)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn sizes() {
+        use super::parse_size;
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("8M").unwrap(), 8 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("8X").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

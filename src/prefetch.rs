@@ -1,0 +1,193 @@
+//! The read path: ranged GETs with a sequential read-ahead window that grows
+//! from 1 MiB to a maximum (64 MiB by default) while reads stay sequential.
+//! Reads that jump elsewhere fetch only what they need and restart the
+//! window. The kernel may deliver read-ahead requests slightly out of order,
+//! so a read that falls inside the fetched window still counts as sequential.
+//!
+//! Never touches the upload path.
+
+use crate::s3::{ObjectStore, S3Error};
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// First read-ahead window.
+pub const INITIAL_WINDOW: u64 = 1024 * 1024;
+/// Largest single GET of the read-ahead.
+const MAX_CHUNK: u64 = 8 * 1024 * 1024;
+/// Smallest GET for a random read (a few kernel pages cost the same round trip).
+const MIN_RANDOM_READ: u64 = 128 * 1024;
+/// Fetched bytes kept behind the reader, for slightly out-of-order reads.
+const KEEP_BEHIND: u64 = 2 * 1024 * 1024;
+
+enum ChunkData {
+    Pending(JoinHandle<Result<Bytes, S3Error>>),
+    Ready(Bytes),
+}
+
+struct Chunk {
+    start: u64,
+    end: u64,
+    data: ChunkData,
+}
+
+/// Reads one object through ranged GETs with read-ahead.
+pub struct Reader {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    size: u64,
+    max_window: u64,
+    window: u64,
+    chunks: VecDeque<Chunk>,
+    /// Where the next read-ahead GET starts.
+    next_fetch: u64,
+}
+
+impl Reader {
+    /// A reader of `key`, whose size is `size`.
+    pub fn new(store: Arc<dyn ObjectStore>, key: String, size: u64, max_window: u64) -> Self {
+        Reader {
+            store,
+            key,
+            size,
+            max_window: max_window.max(INITIAL_WINDOW),
+            window: INITIAL_WINDOW,
+            chunks: VecDeque::new(),
+            next_fetch: 0,
+        }
+    }
+
+    /// Bytes fetched or being fetched ahead (for the memory budget and tests).
+    pub fn buffered(&self) -> u64 {
+        self.chunks.iter().map(|c| c.end - c.start).sum()
+    }
+
+    fn spawn(&self, start: u64, end: u64) -> Chunk {
+        let (store, key) = (self.store.clone(), self.key.clone());
+        let task = tokio::spawn(async move {
+            store
+                .get_object(&key, Some(start..end))
+                .await
+                .map(|g| g.body)
+        });
+        Chunk {
+            start,
+            end,
+            data: ChunkData::Pending(task),
+        }
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the object).
+    pub async fn read(&mut self, offset: u64, len: u32) -> Result<Bytes, S3Error> {
+        if offset >= self.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + len as u64).min(self.size);
+        let fetched_from = self
+            .chunks
+            .front()
+            .map(|c| c.start)
+            .unwrap_or(self.next_fetch);
+        let sequential = offset >= fetched_from && offset <= self.next_fetch;
+        if sequential {
+            self.window = (self.window * 2).min(self.max_window);
+        } else {
+            for c in self.chunks.drain(..) {
+                if let ChunkData::Pending(t) = c.data {
+                    t.abort();
+                }
+            }
+            self.window = INITIAL_WINDOW;
+            // Fetch what this read needs (at least a little), then read ahead from there.
+            let first_end = (offset + (end - offset).max(MIN_RANDOM_READ)).min(self.size);
+            let c = self.spawn(offset, first_end);
+            self.chunks.push_back(c);
+            self.next_fetch = first_end;
+        }
+        // Read ahead up to the window past this read.
+        let target = (end + self.window).min(self.size);
+        while self.next_fetch < target.max(end) {
+            let chunk = (self.window / 2).clamp(INITIAL_WINDOW, MAX_CHUNK);
+            let stop = (self.next_fetch + chunk).min(self.size);
+            let c = self.spawn(self.next_fetch, stop);
+            self.chunks.push_back(c);
+            self.next_fetch = stop;
+        }
+        // Drop chunks well behind the reader.
+        while let Some(c) = self.chunks.front() {
+            if c.end + KEEP_BEHIND <= offset {
+                if let Some(Chunk {
+                    data: ChunkData::Pending(t),
+                    ..
+                }) = self.chunks.pop_front()
+                {
+                    t.abort();
+                }
+            } else {
+                break;
+            }
+        }
+        self.collect(offset, end).await
+    }
+
+    async fn collect(&mut self, offset: u64, end: u64) -> Result<Bytes, S3Error> {
+        let mut parts: Vec<Bytes> = Vec::new();
+        for c in self.chunks.iter_mut() {
+            if c.end <= offset || c.start >= end {
+                continue;
+            }
+            if let ChunkData::Pending(t) = &mut c.data {
+                let got = match t.await {
+                    Ok(r) => r,
+                    Err(e) => Err(S3Error::malformed("GetObject", format!("read task: {e}"))),
+                };
+                match got {
+                    Ok(b) => c.data = ChunkData::Ready(b),
+                    Err(e) => {
+                        // Forget everything: the next read starts afresh.
+                        let start = c.start;
+                        self.chunks.clear();
+                        self.next_fetch = start;
+                        return Err(e);
+                    }
+                }
+            }
+            if let ChunkData::Ready(b) = &c.data {
+                let from = offset.max(c.start) - c.start;
+                let to = (end.min(c.end) - c.start).min(b.len() as u64);
+                parts.push(b.slice(from as usize..to as usize));
+            }
+        }
+        let got: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if got != end - offset {
+            return Err(S3Error::malformed(
+                "GetObject",
+                format!(
+                    "object {} shorter than expected ({} of {} bytes at {offset})",
+                    self.key,
+                    got,
+                    end - offset
+                ),
+            ));
+        }
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        let mut out = BytesMut::with_capacity(got as usize);
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        Ok(out.freeze())
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        for c in self.chunks.drain(..) {
+            if let ChunkData::Pending(t) = c.data {
+                t.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Where and as whom the client talks: endpoint, region, addressing style,
+//! credentials (environment or the shared credentials file) and TLS roots.
+
+use super::error::S3Error;
+use super::sigv4::Credentials;
+use reqwest::Url;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// How request bodies are covered by the signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadSigning {
+    /// `x-amz-content-sha256` is the body's SHA-256 (one more hash pass per byte).
+    Signed,
+    /// `UNSIGNED-PAYLOAD` for bodies that carry a signed `Content-MD5`, which
+    /// still lets the server reject a corrupted body; other bodies stay signed.
+    UnsignedWithMd5,
+}
+
+/// Everything needed to build a [`super::Client`].
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub endpoint: Url,
+    pub region: String,
+    /// Bucket in the path (`http://host/bucket/key`) instead of in the host name.
+    pub path_style: bool,
+    pub credentials: Credentials,
+    /// Extra PEM roots (`AWS_CA_BUNDLE`), added to the system's.
+    pub ca_bundle: Option<PathBuf>,
+    pub payload_signing: PayloadSigning,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+}
+
+/// Command-line overrides; `None` falls back to the environment.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOverrides {
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+    pub payload_signing: Option<PayloadSigning>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl S3Config {
+    /// Builds the configuration from overrides, then the standard AWS
+    /// environment variables, then `~/.aws/credentials`.
+    pub fn from_env(o: &ConfigOverrides) -> Result<Self, S3Error> {
+        let region = o
+            .region
+            .clone()
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let endpoint = o
+            .endpoint_url
+            .clone()
+            .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| env("AWS_ENDPOINT_URL"))
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let endpoint = parse_endpoint(&endpoint)?;
+        let path_style = o.force_path_style || host_needs_path_style(&endpoint);
+        Ok(S3Config {
+            endpoint,
+            region,
+            path_style,
+            credentials: load_credentials()?,
+            ca_bundle: env("AWS_CA_BUNDLE").map(PathBuf::from),
+            payload_signing: o.payload_signing.unwrap_or(PayloadSigning::UnsignedWithMd5),
+            max_attempts: 5,
+        })
+    }
+}
+
+/// Parses and checks an endpoint URL: http or https, a host, no path.
+pub fn parse_endpoint(s: &str) -> Result<Url, S3Error> {
+    let url = Url::parse(s).map_err(|e| S3Error::Config(format!("endpoint {s:?}: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(S3Error::Config(format!(
+            "endpoint {s:?}: scheme must be http or https"
+        )));
+    }
+    if url.host_str().is_none() {
+        return Err(S3Error::Config(format!("endpoint {s:?} has no host")));
+    }
+    if url.path() != "/" || url.query().is_some() {
+        return Err(S3Error::Config(format!(
+            "endpoint {s:?} must not have a path or query"
+        )));
+    }
+    Ok(url)
+}
+
+/// Path-style addressing is the only one that works on a bare IP address or localhost.
+pub fn host_needs_path_style(endpoint: &Url) -> bool {
+    match endpoint.host_str() {
+        Some(h) => {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h.parse::<IpAddr>().is_ok() || h == "localhost" || h.ends_with(".localhost")
+        }
+        None => true,
+    }
+}
+
+/// Credentials from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`,
+/// else from the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE` or
+/// `~/.aws/credentials`, profile `AWS_PROFILE` or `default`).
+pub fn load_credentials() -> Result<Credentials, S3Error> {
+    if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        return Ok(Credentials {
+            access_key_id: id,
+            secret_access_key: secret,
+            session_token: env("AWS_SESSION_TOKEN"),
+        });
+    }
+    let path = env("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".aws").join("credentials")));
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
+    let Some(path) = path else {
+        return Err(S3Error::Config(
+            "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+        ));
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        S3Error::Config(format!(
+            "no credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY unset and {} unreadable ({e})",
+            path.display()
+        ))
+    })?;
+    parse_credentials_file(&text, &profile).ok_or_else(|| {
+        S3Error::Config(format!(
+            "no credentials for profile [{profile}] in {}",
+            path.display()
+        ))
+    })
+}
+
+/// Reads one profile of an INI-style AWS credentials file.
+pub fn parse_credentials_file(text: &str, profile: &str) -> Option<Credentials> {
+    let mut in_profile = false;
+    let (mut id, mut secret, mut token) = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim();
+            let name = name.strip_prefix("profile ").unwrap_or(name).trim();
+            in_profile = name == profile;
+            continue;
+        }
+        if !in_profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().to_string();
+            match k.trim().to_ascii_lowercase().as_str() {
+                "aws_access_key_id" => id = Some(v),
+                "aws_secret_access_key" => secret = Some(v),
+                "aws_session_token" => token = Some(v),
+                _ => {}
+            }
+        }
+    }
+    Some(Credentials {
+        access_key_id: id?,
+        secret_access_key: secret?,
+        session_token: token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_file_profiles() {
+        let text = "[default]\naws_access_key_id = AKID\naws_secret_access_key=SECRET\n\n[profile other]\naws_access_key_id=B\naws_secret_access_key = S2\naws_session_token = T\n# comment\n";
+        let d = parse_credentials_file(text, "default").unwrap();
+        assert_eq!(d.access_key_id, "AKID");
+        assert_eq!(d.secret_access_key, "SECRET");
+        assert!(d.session_token.is_none());
+        let o = parse_credentials_file(text, "other").unwrap();
+        assert_eq!(o.session_token.as_deref(), Some("T"));
+        assert!(parse_credentials_file(text, "missing").is_none());
+    }
+
+    #[test]
+    fn addressing_style() {
+        for (u, path) in [
+            ("http://127.0.0.1:3900", true),
+            ("http://[::1]:3900", true),
+            ("http://localhost:9000", true),
+            ("https://s3.us-east-1.amazonaws.com", false),
+            ("https://obs.cn-north-4.myhuaweicloud.com", false),
+        ] {
+            assert_eq!(
+                host_needs_path_style(&parse_endpoint(u).unwrap()),
+                path,
+                "{u}"
+            );
+        }
+        assert!(parse_endpoint("ftp://x").is_err());
+        assert!(parse_endpoint("http://x/base").is_err());
+        assert!(parse_endpoint("not a url").is_err());
+    }
+}

@@ -1,0 +1,990 @@
+//! The only file that speaks HTTP: builds each S3 request, signs it, sends it
+//! with retries, and turns answers into values or typed errors.
+
+use super::config::{PayloadSigning, S3Config};
+use super::error::{Retry, S3Error, TransportKind};
+use super::sigv4::{self, SigningParams, SigningRequest};
+use super::types::*;
+use super::xml;
+use base64::Engine;
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, Url};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Upper bound on one error body we read (S3 error documents are tiny).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Fixed part of every request's deadline.
+const BASE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Slowest transfer rate we wait for before calling a body stalled.
+const MIN_RATE_BYTES_PER_SEC: u64 = 256 * 1024;
+/// Complete and copies carry tiny bodies but may work for minutes on the server.
+const SERVER_WORK_TIMEOUT: Duration = Duration::from_secs(600);
+/// Total time one request may spend in retries.
+const MAX_RETRY_ELAPSED: Duration = Duration::from_secs(120);
+/// Most pages a listing follows before calling the answer a loop.
+const MAX_PAGES: usize = 1_000_000;
+
+/// The S3 operations, for counting requests and naming them in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Op {
+    PutObject,
+    GetObject,
+    HeadObject,
+    DeleteObject,
+    CopyObject,
+    ListObjects,
+    CreateMultipartUpload,
+    UploadPart,
+    UploadPartCopy,
+    CompleteMultipartUpload,
+    AbortMultipartUpload,
+    ListParts,
+    ListMultipartUploads,
+    Bucket,
+}
+
+const OP_COUNT: usize = Op::Bucket as usize + 1;
+
+/// Request counters, shared by every clone of a client.
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests: [AtomicU64; OP_COUNT],
+    /// Requests sent again after a transient failure.
+    pub retries: AtomicU64,
+    /// Body bytes sent (successful or not), to prove server-side copies move no data.
+    pub body_bytes_sent: AtomicU64,
+}
+
+impl Counters {
+    /// Requests of one kind sent so far (each attempt counts).
+    pub fn requests(&self, op: Op) -> u64 {
+        self.requests[op as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// An S3 client. Cheap to clone; clones share connections and counters.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    cfg: Arc<S3Config>,
+    counters: Arc<Counters>,
+}
+
+/// What the server answered, read whole.
+struct Answer {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// One request before signing.
+struct Request<'a> {
+    op: Op,
+    method: Method,
+    bucket: &'a str,
+    key: Option<&'a str>,
+    query: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    /// When set, sent as Content-MD5 (and allows UNSIGNED-PAYLOAD).
+    md5: Option<[u8; 16]>,
+    /// Safe to send twice: the retry loop may repeat it after any transient error.
+    idempotent: bool,
+    /// The server may answer 200 and still put an `<Error>` in the body.
+    error_in_200: bool,
+    timeout: Duration,
+}
+
+impl<'a> Request<'a> {
+    fn new(op: Op, method: Method, bucket: &'a str, key: Option<&'a str>) -> Self {
+        Request {
+            op,
+            method,
+            bucket,
+            key,
+            query: Vec::new(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+            md5: None,
+            idempotent: true,
+            error_in_200: false,
+            timeout: BASE_TIMEOUT,
+        }
+    }
+    fn query(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.query.push((k.to_string(), v.into()));
+        self
+    }
+    fn header(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.headers.push((k.to_string(), v.into()));
+        self
+    }
+    fn body(mut self, body: Bytes, md5: Option<[u8; 16]>) -> Self {
+        self.timeout = timeout_for(body.len() as u64);
+        self.body = body;
+        self.md5 = md5;
+        self
+    }
+}
+
+/// A deadline that scales with the bytes to move, so a stalled body is cut off.
+pub fn timeout_for(bytes: u64) -> Duration {
+    BASE_TIMEOUT + Duration::from_secs(bytes / MIN_RATE_BYTES_PER_SEC)
+}
+
+/// MD5 of a body, computed once by whoever holds the bytes.
+pub fn md5_of(data: &[u8]) -> [u8; 16] {
+    Md5::digest(data).into()
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The ETag S3 gives a multipart object: MD5 of the concatenated binary part MD5s, then `-N`.
+pub fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
+    let mut h = Md5::new();
+    for m in part_md5s {
+        h.update(m);
+    }
+    format!("{}-{}", hex(&h.finalize()), part_md5s.len())
+}
+
+/// An ETag without its quotes, lowercased.
+pub fn bare_etag(etag: &str) -> String {
+    etag.trim().trim_matches('"').to_ascii_lowercase()
+}
+
+fn check_md5_etag(
+    what: impl Fn() -> String,
+    etag: &str,
+    md5: &[u8; 16],
+    sse: Option<&Sse>,
+) -> Result<(), S3Error> {
+    let expected = hex(md5);
+    let got = bare_etag(etag);
+    if got == expected {
+        return Ok(());
+    }
+    if !Sse::etag_is_md5(sse) {
+        // Under SSE-KMS and SSE-C the ETag is not the MD5; Content-MD5 still
+        // made the server verify the body.
+        tracing::debug!(what = %what(), etag, "ETag not checked: encrypted object");
+        return Ok(());
+    }
+    Err(S3Error::EtagMismatch {
+        what: what(),
+        expected,
+        got: etag.to_string(),
+    })
+}
+
+fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn sse_headers<'a>(r: Request<'a>, sse: Option<&Sse>, copy_source: bool) -> Request<'a> {
+    let prefix = if copy_source {
+        "x-amz-copy-source-server-side-encryption-customer"
+    } else {
+        "x-amz-server-side-encryption-customer"
+    };
+    match sse {
+        None => r,
+        Some(Sse::Aes256) if !copy_source => r.header("x-amz-server-side-encryption", "AES256"),
+        Some(Sse::Kms { key_id }) if !copy_source => {
+            let r = r.header("x-amz-server-side-encryption", "aws:kms");
+            match key_id {
+                Some(id) => r.header("x-amz-server-side-encryption-aws-kms-key-id", id.clone()),
+                None => r,
+            }
+        }
+        Some(Sse::Customer { key }) => {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            r.header(&format!("{prefix}-algorithm"), "AES256")
+                .header(&format!("{prefix}-key"), b64.encode(key))
+                .header(&format!("{prefix}-key-md5"), b64.encode(md5_of(key)))
+        }
+        Some(_) => r,
+    }
+}
+
+fn put_headers<'a>(mut r: Request<'a>, o: &PutOptions) -> Request<'a> {
+    if let Some(ct) = &o.content_type {
+        r = r.header("content-type", ct.clone());
+    }
+    for (k, v) in &o.metadata {
+        r = r.header(&format!("x-amz-meta-{}", k.to_ascii_lowercase()), v.clone());
+    }
+    if let Some(sc) = &o.storage_class {
+        r = r.header("x-amz-storage-class", sc.clone());
+    }
+    if let Some(acl) = &o.acl {
+        r = r.header("x-amz-acl", acl.clone());
+    }
+    for (k, v) in &o.extra_headers {
+        r = r.header(k, v.clone());
+    }
+    sse_headers(r, o.sse.as_ref(), false)
+}
+
+impl Client {
+    /// Builds a client: TLS with rustls, the system's roots plus `AWS_CA_BUNDLE`.
+    pub fn new(cfg: S3Config) -> Result<Self, S3Error> {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .http1_only()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(50))
+            .tcp_nodelay(true);
+        if let Some(path) = &cfg.ca_bundle {
+            let pem = std::fs::read(path)
+                .map_err(|e| S3Error::Config(format!("AWS_CA_BUNDLE {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| S3Error::Config(format!("AWS_CA_BUNDLE {}: {e}", path.display())))?;
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b
+            .build()
+            .map_err(|e| S3Error::Config(format!("HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            cfg: Arc::new(cfg),
+            counters: Arc::new(Counters::default()),
+        })
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &S3Config {
+        &self.cfg
+    }
+
+    /// Request counters shared by all clones.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Host header value and encoded path for a bucket and optional key.
+    /// Refuses keys the URL layer would rewrite (dot segments), which would
+    /// silently address another object.
+    fn target(&self, bucket: &str, key: Option<&str>) -> Result<(Url, String), S3Error> {
+        let ep = &self.cfg.endpoint;
+        let host = ep.host_str().unwrap_or_default();
+        let authority_host = if self.cfg.path_style {
+            host.to_string()
+        } else {
+            format!("{bucket}.{host}")
+        };
+        let authority = match ep.port() {
+            Some(p) => format!("{authority_host}:{p}"),
+            None => authority_host,
+        };
+        let mut path = String::from("/");
+        if self.cfg.path_style {
+            path.push_str(&sigv4::uri_encode(bucket, true));
+        }
+        if let Some(key) = key {
+            if key.is_empty() {
+                return Err(S3Error::InvalidKey {
+                    key: key.into(),
+                    reason: "empty key",
+                });
+            }
+            if self.cfg.path_style {
+                path.push('/');
+            }
+            path.push_str(&sigv4::uri_encode(key, false));
+        }
+        let url = Url::parse(&format!("{}://{}{}", ep.scheme(), authority, path)).map_err(|e| {
+            S3Error::Config(format!("cannot build a URL for bucket {bucket:?}: {e}"))
+        })?;
+        if url.path() != path {
+            return Err(S3Error::InvalidKey {
+                key: key.unwrap_or_default().to_string(),
+                reason: "a '.' or '..' path segment would be rewritten by URL normalization and address another key",
+            });
+        }
+        Ok((url, authority))
+    }
+
+    /// Sends a request, retrying transient failures with exponential backoff
+    /// and full jitter, bounded in attempts and total time.
+    async fn send(&self, r: &Request<'_>) -> Result<Answer, S3Error> {
+        let (mut url, host) = self.target(r.bucket, r.key)?;
+        let path = url.path().to_string();
+        let query = sigv4::canonical_query_string(&r.query);
+        if !query.is_empty() {
+            url.set_query(Some(&query));
+        }
+        let payload_hash = match (r.md5, self.cfg.payload_signing) {
+            (Some(_), PayloadSigning::UnsignedWithMd5) => sigv4::UNSIGNED_PAYLOAD.to_string(),
+            _ if r.body.is_empty() => sigv4::EMPTY_SHA256.to_string(),
+            _ => sigv4::sha256_hex(&r.body),
+        };
+        let mut headers = r.headers.clone();
+        headers.push(("x-amz-content-sha256".into(), payload_hash.clone()));
+        if let Some(md5) = r.md5 {
+            headers.push((
+                "content-md5".into(),
+                base64::engine::general_purpose::STANDARD.encode(md5),
+            ));
+        }
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = self
+                .attempt(r, &url, &host, &path, &headers, &payload_hash)
+                .await;
+            let err = match result {
+                Ok(a) => return Ok(a),
+                Err(e) => e,
+            };
+            let may_retry = err.retry() == Retry::Yes
+                && (r.idempotent || err.never_sent() || matches!(err, S3Error::Service { .. }));
+            if !may_retry
+                || attempt >= self.cfg.max_attempts
+                || started.elapsed() >= MAX_RETRY_ELAPSED
+            {
+                if attempt > 1 {
+                    tracing::warn!(op = ?r.op, bucket = r.bucket, key = ?r.key, attempt, error = %err, "giving up");
+                }
+                return Err(err);
+            }
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            let cap = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
+            let sleep = Duration::from_micros(fastrand::u64(0..=cap.as_micros() as u64));
+            tracing::debug!(op = ?r.op, key = ?r.key, attempt, ?sleep, error = %err, "retrying");
+            tokio::time::sleep(sleep).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        r: &Request<'_>,
+        url: &Url,
+        host: &str,
+        path: &str,
+        headers: &[(String, String)],
+        payload_hash: &str,
+    ) -> Result<Answer, S3Error> {
+        self.counters.requests[r.op as usize].fetch_add(1, Ordering::Relaxed);
+        let mut signed: Vec<(String, String)> = Vec::with_capacity(headers.len() + 1);
+        signed.push(("host".into(), host.to_string()));
+        signed.extend(headers.iter().cloned());
+        let added = sigv4::sign(
+            &SigningRequest {
+                method: r.method.as_str(),
+                path,
+                query: &r.query,
+                headers: &signed,
+                payload_hash,
+            },
+            &SigningParams {
+                credentials: &self.cfg.credentials,
+                region: &self.cfg.region,
+                service: "s3",
+                time: SystemTime::now(),
+                path_mode: sigv4::PathMode::S3,
+            },
+        );
+        let mut req = self
+            .http
+            .request(r.method.clone(), url.clone())
+            .timeout(r.timeout);
+        for (k, v) in headers.iter().chain(added.iter()) {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if !r.body.is_empty() || r.method == Method::PUT || r.method == Method::POST {
+            self.counters
+                .body_bytes_sent
+                .fetch_add(r.body.len() as u64, Ordering::Relaxed);
+            req = req.body(r.body.clone());
+        }
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let request_id = header_str(&headers, "x-amz-request-id").unwrap_or_default();
+        let ok = (200..300).contains(&status);
+        let body = if ok {
+            resp.bytes().await.map_err(|e| self.transport(e))?
+        } else {
+            read_capped(resp, MAX_ERROR_BODY).await
+        };
+        if !ok {
+            return Err(match xml::parse_error(&body) {
+                Some(e) => S3Error::Service {
+                    status,
+                    code: e.code,
+                    message: e.message,
+                    request_id: if e.request_id.is_empty() {
+                        request_id
+                    } else {
+                        e.request_id
+                    },
+                },
+                None => S3Error::from_status(status, request_id),
+            });
+        }
+        if r.error_in_200 {
+            if let Some(e) = xml::parse_error(&body) {
+                // S3 documents a 200 whose body is an error for Complete and copies.
+                return Err(S3Error::Service {
+                    status: if e.code == "InternalError" {
+                        500
+                    } else {
+                        status
+                    },
+                    code: e.code,
+                    message: e.message,
+                    request_id: e.request_id,
+                });
+            }
+        }
+        Ok(Answer { headers, body })
+    }
+
+    fn transport(&self, e: reqwest::Error) -> S3Error {
+        let kind = if e.is_connect() {
+            TransportKind::Connect
+        } else if e.is_timeout() {
+            TransportKind::Timeout
+        } else {
+            TransportKind::Broken
+        };
+        let mut detail = e.to_string();
+        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+        while let Some(s) = src {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            src = s.source();
+        }
+        S3Error::Transport {
+            kind,
+            endpoint: self.cfg.endpoint.to_string(),
+            detail,
+        }
+    }
+
+    // ---- bucket operations (tests and mount validation) ----
+
+    /// CreateBucket (used by tests and the demo).
+    pub async fn create_bucket(&self, bucket: &str) -> Result<(), S3Error> {
+        let r = Request::new(Op::Bucket, Method::PUT, bucket, None);
+        self.send(&r).await.map(|_| ())
+    }
+
+    /// HeadBucket: does the bucket exist and may we use it.
+    pub async fn head_bucket(&self, bucket: &str) -> Result<(), S3Error> {
+        let r = Request::new(Op::Bucket, Method::HEAD, bucket, None);
+        self.send(&r).await.map(|_| ())
+    }
+
+    // ---- objects ----
+
+    /// PutObject with Content-MD5; checks the returned ETag is that MD5.
+    /// `md5` may be passed when the caller already hashed the body.
+    pub async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        md5: Option<[u8; 16]>,
+        opts: &PutOptions,
+    ) -> Result<String, S3Error> {
+        let md5 = md5.unwrap_or_else(|| md5_of(&body));
+        let r = put_headers(
+            Request::new(Op::PutObject, Method::PUT, bucket, Some(key)),
+            opts,
+        )
+        .body(body, Some(md5));
+        let a = self.send(&r).await?;
+        let etag = header_str(&a.headers, "etag").unwrap_or_default();
+        check_md5_etag(
+            || format!("PutObject {key:?}"),
+            &etag,
+            &md5,
+            opts.sse.as_ref(),
+        )?;
+        Ok(etag)
+    }
+
+    /// GetObject of `range` (start..end, end exclusive), or of the whole object.
+    pub async fn get_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+        sse: Option<&Sse>,
+    ) -> Result<GetResult, S3Error> {
+        let mut r = Request::new(Op::GetObject, Method::GET, bucket, Some(key));
+        if let Some(range) = &range {
+            if range.end <= range.start {
+                return Err(S3Error::Config(format!("empty range {range:?}")));
+            }
+            r = r.header("range", format!("bytes={}-{}", range.start, range.end - 1));
+            r.timeout = timeout_for(range.end - range.start);
+        } else {
+            r.timeout = SERVER_WORK_TIMEOUT;
+        }
+        let r = sse_headers(r, sse.filter(|s| matches!(s, Sse::Customer { .. })), false);
+        let a = self.send(&r).await?;
+        let object_size = match header_str(&a.headers, "content-range") {
+            Some(cr) => cr
+                .rsplit('/')
+                .next()
+                .and_then(|t| t.trim().parse().ok())
+                .ok_or_else(|| S3Error::malformed("GetObject", format!("Content-Range {cr:?}")))?,
+            None => a.body.len() as u64,
+        };
+        if let Some(range) = range {
+            let expect = range.end.min(object_size).saturating_sub(range.start);
+            if a.body.len() as u64 != expect {
+                return Err(S3Error::malformed(
+                    "GetObject",
+                    format!(
+                        "asked for {range:?} of {object_size} bytes, got {}",
+                        a.body.len()
+                    ),
+                ));
+            }
+        }
+        Ok(GetResult {
+            etag: header_str(&a.headers, "etag").unwrap_or_default(),
+            object_size,
+            body: a.body,
+        })
+    }
+
+    /// HeadObject with user metadata (`x-amz-meta-*`).
+    pub async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectHead, S3Error> {
+        let r = Request::new(Op::HeadObject, Method::HEAD, bucket, Some(key));
+        let a = self.send(&r).await?;
+        let h = &a.headers;
+        let size = header_str(h, "content-length")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| S3Error::malformed("HeadObject", "no Content-Length"))?;
+        let mut metadata = BTreeMap::new();
+        for (name, value) in h {
+            if let Some(m) = name.as_str().strip_prefix("x-amz-meta-") {
+                if let Ok(v) = value.to_str() {
+                    metadata.insert(m.to_string(), v.to_string());
+                }
+            }
+        }
+        Ok(ObjectHead {
+            size,
+            etag: header_str(h, "etag").unwrap_or_default(),
+            last_modified: header_str(h, "last-modified")
+                .and_then(|s| httpdate::parse_http_date(&s).ok()),
+            content_type: header_str(h, "content-type"),
+            storage_class: header_str(h, "x-amz-storage-class"),
+            metadata,
+        })
+    }
+
+    /// DeleteObject (succeeds when the key is already absent, as S3 does).
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), S3Error> {
+        let r = Request::new(Op::DeleteObject, Method::DELETE, bucket, Some(key));
+        self.send(&r).await.map(|_| ())
+    }
+
+    /// CopyObject (up to 5 GiB on S3), keeping or replacing metadata.
+    pub async fn copy_object(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        bucket: &str,
+        key: &str,
+        directive: &MetadataDirective,
+    ) -> Result<String, S3Error> {
+        let mut r = Request::new(Op::CopyObject, Method::PUT, bucket, Some(key))
+            .header("x-amz-copy-source", copy_source(src_bucket, src_key));
+        r = match directive {
+            MetadataDirective::Copy => r.header("x-amz-metadata-directive", "COPY"),
+            MetadataDirective::Replace(o) => {
+                let r = r.header("x-amz-metadata-directive", "REPLACE");
+                let r = sse_headers(r, o.sse.as_ref(), true);
+                put_headers(r, o)
+            }
+        };
+        r.error_in_200 = true;
+        r.timeout = SERVER_WORK_TIMEOUT;
+        let a = self.send(&r).await?;
+        xml::parse_etag_result("CopyObject", "CopyObjectResult", &a.body)
+    }
+
+    /// One page of ListObjectsV2, keys URL-encoded on the wire so any byte survives.
+    pub async fn list_objects_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<&str>,
+        max_keys: Option<u32>,
+    ) -> Result<ListPage, S3Error> {
+        let mut r = Request::new(Op::ListObjects, Method::GET, bucket, None)
+            .query("list-type", "2")
+            .query("encoding-type", "url")
+            .query("prefix", prefix);
+        if let Some(d) = delimiter {
+            r = r.query("delimiter", d);
+        }
+        if let Some(t) = token {
+            r = r.query("continuation-token", t);
+        }
+        if let Some(m) = max_keys {
+            r = r.query("max-keys", m.to_string());
+        }
+        let a = self.send(&r).await?;
+        xml::parse_list_objects(&a.body)
+    }
+
+    /// Every page of a listing. A server that repeats a token is an error, not a loop.
+    pub async fn list_objects_all(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+    ) -> Result<ListPage, S3Error> {
+        let mut all = ListPage::default();
+        let mut token: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .list_objects_page(bucket, prefix, delimiter, token.as_deref(), None)
+                .await?;
+            all.objects.extend(page.objects);
+            all.common_prefixes.extend(page.common_prefixes);
+            match page.next_token {
+                None => return Ok(all),
+                Some(t) if !seen.insert(t.clone()) => {
+                    return Err(S3Error::malformed(
+                        "ListObjectsV2",
+                        format!("continuation token {t:?} repeated"),
+                    ))
+                }
+                Some(t) => token = Some(t),
+            }
+        }
+        Err(S3Error::malformed("ListObjectsV2", "too many pages"))
+    }
+
+    // ---- multipart ----
+
+    /// CreateMultipartUpload; returns the upload ID. Not retried once the
+    /// request may have reached the server (a retry could leave an orphan).
+    pub async fn create_multipart_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        opts: &PutOptions,
+    ) -> Result<String, S3Error> {
+        let mut r = put_headers(
+            Request::new(Op::CreateMultipartUpload, Method::POST, bucket, Some(key)),
+            opts,
+        )
+        .query("uploads", "");
+        r.idempotent = false;
+        let a = self.send(&r).await?;
+        xml::parse_initiate(&a.body)
+    }
+
+    /// UploadPart with Content-MD5; checks the part ETag is that MD5.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        md5: Option<[u8; 16]>,
+        sse: Option<&Sse>,
+    ) -> Result<String, S3Error> {
+        let md5 = md5.unwrap_or_else(|| md5_of(&body));
+        let r = Request::new(Op::UploadPart, Method::PUT, bucket, Some(key))
+            .query("partNumber", part_number.to_string())
+            .query("uploadId", upload_id)
+            .body(body, Some(md5));
+        let r = sse_headers(r, sse.filter(|s| matches!(s, Sse::Customer { .. })), false);
+        let a = self.send(&r).await?;
+        let etag = header_str(&a.headers, "etag").unwrap_or_default();
+        check_md5_etag(
+            || format!("UploadPart {key:?} part {part_number}"),
+            &etag,
+            &md5,
+            sse,
+        )?;
+        Ok(etag)
+    }
+
+    /// UploadPartCopy of `range` (start..end, end exclusive) or the whole source.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_part_copy(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        src_bucket: &str,
+        src_key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<String, S3Error> {
+        let mut r = Request::new(Op::UploadPartCopy, Method::PUT, bucket, Some(key))
+            .query("partNumber", part_number.to_string())
+            .query("uploadId", upload_id)
+            .header("x-amz-copy-source", copy_source(src_bucket, src_key));
+        if let Some(range) = range {
+            if range.end <= range.start {
+                return Err(S3Error::Config(format!("empty copy range {range:?}")));
+            }
+            r = r.header(
+                "x-amz-copy-source-range",
+                format!("bytes={}-{}", range.start, range.end - 1),
+            );
+        }
+        r.error_in_200 = true;
+        r.timeout = SERVER_WORK_TIMEOUT;
+        let a = self.send(&r).await?;
+        xml::parse_etag_result("UploadPartCopy", "CopyPartResult", &a.body)
+    }
+
+    /// CompleteMultipartUpload; parts are sorted by number first. A 200 that
+    /// carries an `<Error>` is an error.
+    pub async fn complete_multipart_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<String, S3Error> {
+        let mut sorted = parts.to_vec();
+        sorted.sort_by_key(|p| p.0);
+        let body = Bytes::from(xml::complete_body(&sorted));
+        let mut r = Request::new(Op::CompleteMultipartUpload, Method::POST, bucket, Some(key))
+            .query("uploadId", upload_id)
+            .header("content-type", "application/xml")
+            .body(body, None);
+        r.idempotent = false;
+        r.error_in_200 = true;
+        r.timeout = SERVER_WORK_TIMEOUT;
+        let a = self.send(&r).await?;
+        xml::parse_etag_result(
+            "CompleteMultipartUpload",
+            "CompleteMultipartUploadResult",
+            &a.body,
+        )
+    }
+
+    /// AbortMultipartUpload.
+    pub async fn abort_multipart_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), S3Error> {
+        let r = Request::new(Op::AbortMultipartUpload, Method::DELETE, bucket, Some(key))
+            .query("uploadId", upload_id);
+        self.send(&r).await.map(|_| ())
+    }
+
+    /// One page of ListParts, after `marker`.
+    pub async fn list_parts_page(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        marker: u32,
+        max_parts: Option<u32>,
+    ) -> Result<PartsPage, S3Error> {
+        let mut r = Request::new(Op::ListParts, Method::GET, bucket, Some(key))
+            .query("uploadId", upload_id);
+        if marker > 0 {
+            r = r.query("part-number-marker", marker.to_string());
+        }
+        if let Some(m) = max_parts {
+            r = r.query("max-parts", m.to_string());
+        }
+        let a = self.send(&r).await?;
+        xml::parse_list_parts(&a.body)
+    }
+
+    /// Every part of an upload, following `part-number-marker` pages.
+    pub async fn list_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        max_parts: Option<u32>,
+    ) -> Result<Vec<PartInfo>, S3Error> {
+        let mut parts = Vec::new();
+        let mut marker = 0u32;
+        loop {
+            let page = self
+                .list_parts_page(bucket, key, upload_id, marker, max_parts)
+                .await?;
+            parts.extend(page.parts);
+            match page.next_marker {
+                None => return Ok(parts),
+                Some(m) if m <= marker => {
+                    return Err(S3Error::malformed(
+                        "ListParts",
+                        format!("part-number-marker did not advance ({marker} -> {m})"),
+                    ))
+                }
+                Some(m) => marker = m,
+            }
+        }
+    }
+
+    /// One page of ListMultipartUploads.
+    pub async fn list_uploads_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        marker: Option<&(String, String)>,
+        max_uploads: Option<u32>,
+    ) -> Result<UploadsPage, S3Error> {
+        let mut r = Request::new(Op::ListMultipartUploads, Method::GET, bucket, None)
+            .query("uploads", "")
+            .query("encoding-type", "url")
+            .query("prefix", prefix);
+        if let Some((k, u)) = marker {
+            r = r.query("key-marker", k.clone());
+            if !u.is_empty() {
+                r = r.query("upload-id-marker", u.clone());
+            }
+        }
+        if let Some(m) = max_uploads {
+            r = r.query("max-uploads", m.to_string());
+        }
+        let a = self.send(&r).await?;
+        xml::parse_list_uploads(&a.body)
+    }
+
+    /// Every in-progress upload under `prefix`, following key/upload-id markers.
+    pub async fn list_uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<UploadInfo>, S3Error> {
+        let mut all = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .list_uploads_page(bucket, prefix, marker.as_ref(), None)
+                .await?;
+            all.extend(page.uploads);
+            match page.next {
+                None => return Ok(all),
+                Some(m) if Some(&m) == marker.as_ref() => {
+                    return Err(S3Error::malformed(
+                        "ListMultipartUploads",
+                        format!("markers repeated: {m:?}"),
+                    ))
+                }
+                Some(m) => marker = Some(m),
+            }
+        }
+        Err(S3Error::malformed("ListMultipartUploads", "too many pages"))
+    }
+}
+
+/// The `x-amz-copy-source` value: `/bucket/key`, key URL-encoded.
+fn copy_source(bucket: &str, key: &str) -> String {
+    format!("/{}/{}", bucket, sigv4::uri_encode(key, false))
+}
+
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Bytes {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        out.extend_from_slice(&chunk);
+        if out.len() >= cap {
+            out.truncate(cap);
+            break;
+        }
+    }
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::s3::config::{parse_endpoint, PayloadSigning};
+
+    fn client(endpoint: &str, path_style: bool) -> Client {
+        Client::new(S3Config {
+            endpoint: parse_endpoint(endpoint).unwrap(),
+            region: "us-east-1".into(),
+            path_style,
+            credentials: sigv4::Credentials {
+                access_key_id: "AKID".into(),
+                secret_access_key: "SECRET".into(),
+                session_token: None,
+            },
+            ca_bundle: None,
+            payload_signing: PayloadSigning::UnsignedWithMd5,
+            max_attempts: 1,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn path_and_virtual_hosted_targets() {
+        let c = client("http://127.0.0.1:3900", true);
+        let (u, host) = c.target("b", Some("dir/a b+c~é")).unwrap();
+        assert_eq!(host, "127.0.0.1:3900");
+        assert_eq!(u.path(), "/b/dir/a%20b%2Bc~%C3%A9");
+        let c = client("https://s3.eu-west-1.amazonaws.com", false);
+        let (u, host) = c.target("my-bucket", Some("k")).unwrap();
+        assert_eq!(host, "my-bucket.s3.eu-west-1.amazonaws.com");
+        assert_eq!(u.as_str(), "https://my-bucket.s3.eu-west-1.amazonaws.com/k");
+    }
+
+    #[test]
+    fn dot_segment_keys_are_refused() {
+        let c = client("http://127.0.0.1:3900", true);
+        for k in ["x/../y", "..", ".", "a/./b", "a/..", "./a"] {
+            assert!(
+                matches!(c.target("b", Some(k)), Err(S3Error::InvalidKey { .. })),
+                "{k}"
+            );
+        }
+        for k in ["a..b", "...", ".hidden", "a/.b/c", "a//b"] {
+            assert!(c.target("b", Some(k)).is_ok(), "{k}");
+        }
+        assert!(c.target("b", Some("")).is_err());
+    }
+
+    #[test]
+    fn multipart_etag_matches_s3_rule() {
+        // Two parts "a" and "b": md5(md5("a") ++ md5("b")) - 2
+        let e = multipart_etag(&[md5_of(b"a"), md5_of(b"b")]);
+        let mut cat = Vec::new();
+        cat.extend_from_slice(&md5_of(b"a"));
+        cat.extend_from_slice(&md5_of(b"b"));
+        assert_eq!(e, format!("{}-2", hex(&md5_of(&cat))));
+    }
+
+    #[test]
+    fn etag_check_and_sse_exception() {
+        let m = md5_of(b"hello");
+        let good = format!("\"{}\"", hex(&m).to_uppercase());
+        assert!(check_md5_etag(String::new, &good, &m, None).is_ok());
+        assert!(check_md5_etag(String::new, "\"deadbeef\"", &m, None).is_err());
+        assert!(check_md5_etag(String::new, "\"deadbeef\"", &m, Some(&Sse::Aes256)).is_err());
+        let kms = Sse::Kms { key_id: None };
+        assert!(check_md5_etag(String::new, "\"deadbeef\"", &m, Some(&kms)).is_ok());
+    }
+}

@@ -1,0 +1,20 @@
+//! The S3 client. It knows nothing of files.
+//!
+//! - [`sigv4`]: pure request signing, proven on AWS's vectors.
+//! - [`xml`]: the XML bodies.
+//! - [`http`]: the client and its operations, retries and error mapping.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod sigv4;
+pub mod store;
+pub mod types;
+pub mod xml;
+
+pub use config::{ConfigOverrides, PayloadSigning, S3Config};
+pub use error::{Retry, S3Error, TransportKind};
+pub use http::{bare_etag, hex, md5_of, multipart_etag, Client, Counters, Op};
+pub use sigv4::Credentials;
+pub use store::{BucketClient, ObjectStore, StoreFuture};
+pub use types::*;

@@ -1,0 +1,127 @@
+//! Plain values that cross the S3 client's boundary.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+/// One object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectEntry {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: Option<SystemTime>,
+    pub storage_class: Option<String>,
+}
+
+/// One page of ListObjectsV2.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectEntry>,
+    /// Common prefixes (the "directories" under a delimiter), decoded.
+    pub common_prefixes: Vec<String>,
+    /// Continuation token for the next page; `None` on the last page.
+    pub next_token: Option<String>,
+}
+
+/// One part of a multipart upload as the server lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartInfo {
+    pub part_number: u32,
+    pub etag: String,
+    pub size: u64,
+}
+
+/// One page of ListParts.
+#[derive(Debug, Clone, Default)]
+pub struct PartsPage {
+    pub parts: Vec<PartInfo>,
+    /// The part-number-marker for the next page; `None` on the last page.
+    pub next_marker: Option<u32>,
+}
+
+/// One in-progress multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadInfo {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: SystemTime,
+}
+
+/// One page of ListMultipartUploads.
+#[derive(Debug, Clone, Default)]
+pub struct UploadsPage {
+    pub uploads: Vec<UploadInfo>,
+    /// (key-marker, upload-id-marker) for the next page; `None` on the last page.
+    pub next: Option<(String, String)>,
+}
+
+/// What HeadObject tells about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHead {
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: Option<SystemTime>,
+    pub content_type: Option<String>,
+    pub storage_class: Option<String>,
+    /// `x-amz-meta-*` headers, names lowercased and without the prefix.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The bytes of a (ranged) GetObject.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    pub body: bytes::Bytes,
+    /// Total object size, from Content-Range (ranged) or Content-Length.
+    pub object_size: u64,
+    pub etag: String,
+}
+
+/// Server-side encryption that changes what the server's ETag means.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// `x-amz-server-side-encryption: AES256` (SSE-S3): ETag stays the MD5.
+    Aes256,
+    /// `aws:kms` with an optional key id: ETag is not the MD5.
+    Kms { key_id: Option<String> },
+    /// SSE-C: base64 of a 256-bit key the customer holds: ETag is not the MD5.
+    Customer { key: [u8; 32] },
+}
+
+impl std::fmt::Debug for Sse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sse::Aes256 => write!(f, "AES256"),
+            Sse::Kms { key_id } => write!(f, "aws:kms({key_id:?})"),
+            Sse::Customer { .. } => write!(f, "SSE-C(****)"),
+        }
+    }
+}
+
+impl Sse {
+    /// Whether the server's ETag of a single PUT or part is still the hex MD5 of the body.
+    pub fn etag_is_md5(this: Option<&Sse>) -> bool {
+        matches!(this, None | Some(Sse::Aes256))
+    }
+}
+
+/// Options for objects we create (PutObject, CreateMultipartUpload, CopyObject with REPLACE).
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub content_type: Option<String>,
+    /// User metadata: names without the `x-amz-meta-` prefix.
+    pub metadata: BTreeMap<String, String>,
+    pub storage_class: Option<String>,
+    pub sse: Option<Sse>,
+    pub acl: Option<String>,
+    /// Extra vendor headers, sent as given.
+    pub extra_headers: Vec<(String, String)>,
+}
+
+/// What CopyObject does with the source's metadata.
+#[derive(Debug, Clone)]
+pub enum MetadataDirective {
+    /// Keep the source's metadata (`x-amz-metadata-directive: COPY`).
+    Copy,
+    /// Replace it with these options (`REPLACE`).
+    Replace(PutOptions),
+}

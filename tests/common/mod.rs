@@ -1,0 +1,70 @@
+//! Shared helpers for the integration tests: a client for the local Garage
+//! that `scripts/test.sh` starts, fresh buckets, and the independent boto3
+//! reference client (`tests/s3ref.py`).
+#![allow(dead_code)]
+
+use bucketfs::s3::{Client, ConfigOverrides, S3Config};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// An environment variable the test harness must set; a clear failure otherwise.
+pub fn require_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the integration tests with scripts/test.sh, which starts a local Garage")
+    })
+}
+
+/// A client for the test server, configured from the environment as a user's would be.
+pub fn client() -> Client {
+    require_env("AWS_ENDPOINT_URL");
+    let cfg = S3Config::from_env(&ConfigOverrides::default()).expect("config from env");
+    Client::new(cfg).expect("client")
+}
+
+/// Creates a bucket with a random name, so tests never see each other's objects.
+pub async fn fresh_bucket(c: &Client) -> String {
+    let name = format!("t{:016x}", fastrand::u64(..));
+    c.create_bucket(&name).await.expect("create bucket");
+    name
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v
+}
+
+/// Runs the boto3 reference client; Ok(stdout) or Err(stderr).
+pub fn s3ref(args: &[&str], stdin: &[u8]) -> Result<Vec<u8>, String> {
+    let python = require_env("BUCKETFS_PYTHON");
+    let script = require_env("BUCKETFS_S3REF");
+    let mut child = Command::new(python)
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn s3ref.py");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("s3ref.py output");
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The reference client's JSON answer, parsed.
+pub fn s3ref_json(args: &[&str]) -> serde_json::Value {
+    let out = s3ref(args, b"").unwrap_or_else(|e| panic!("s3ref {args:?}: {e}"));
+    serde_json::from_slice(&out).expect("s3ref JSON")
+}
+pub mod mount;

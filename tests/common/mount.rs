@@ -1,0 +1,189 @@
+//! Mounting bucketfs for a test, and private Garage servers a test may kill.
+
+use super::require_env;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether `dir` is a mount point (per /proc/self/mountinfo).
+pub fn is_mounted(dir: &Path) -> bool {
+    let dir = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(dir.as_str()))
+}
+
+/// A bucketfs process in the foreground, unmounted and stopped on drop.
+pub struct Mounted {
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts `target` (BUCKET or BUCKET/PREFIX) with extra arguments and environment.
+    pub fn new(target: &str, args: &[&str], env: &[(&str, &str)]) -> Mounted {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).unwrap();
+        let log = tmp.path().join("bucketfs.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bucketfs"));
+        cmd.arg("mount")
+            .arg(target)
+            .arg(&dir)
+            .arg("--foreground")
+            .args(args)
+            .env("BUCKETFS_LOG", "bucketfs=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn bucketfs mount");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&dir) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "bucketfs exited ({status}) before mounting:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "not mounted within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Mounted {
+            dir,
+            _tmp: tmp,
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Mounts a bucket of the shared test server with default options.
+    pub fn bucket(bucket: &str) -> Mounted {
+        Self::new(bucket, &[], &[])
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Unmounts and waits for the daemon to exit; returns its exit status.
+    pub fn unmount(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (the mount is left dead).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.unmount();
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// A private Garage for tests that kill their server.
+pub struct Garage {
+    pub state: tempfile::TempDir,
+    pub endpoint: String,
+}
+
+impl Garage {
+    /// Starts a fresh server through scripts/garage.sh.
+    pub fn start() -> Garage {
+        let state = tempfile::tempdir().unwrap();
+        let out = Command::new(require_env("BUCKETFS_GARAGE_SH"))
+            .arg("start")
+            .arg(state.path())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("garage.sh start");
+        assert!(out.status.success(), "garage.sh start failed");
+        let env = String::from_utf8(out.stdout).unwrap();
+        let endpoint = env
+            .lines()
+            .find_map(|l| l.strip_prefix("export AWS_ENDPOINT_URL="))
+            .expect("endpoint in env")
+            .to_string();
+        Garage { state, endpoint }
+    }
+
+    fn pid(&self) -> i32 {
+        std::fs::read_to_string(self.state.path().join("garage.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// SIGKILL: the server vanishes mid-request, its data stays on disk.
+    pub fn kill(&self) {
+        // SAFETY: plain kill(2) on the server's pid.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Starts the killed server again on the same data and port.
+    pub fn resume(&self) {
+        let st = Command::new(require_env("BUCKETFS_GARAGE_SH"))
+            .arg("resume")
+            .arg(self.state.path())
+            .status()
+            .expect("garage.sh resume");
+        assert!(st.success(), "garage.sh resume failed");
+    }
+
+    /// A client for this server.
+    pub fn client(&self) -> bucketfs::s3::Client {
+        let mut cfg = super::client().config().clone();
+        cfg.endpoint = bucketfs::s3::config::parse_endpoint(&self.endpoint).unwrap();
+        bucketfs::s3::Client::new(cfg).unwrap()
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let _ = Command::new(require_env("BUCKETFS_GARAGE_SH"))
+            .arg("stop")
+            .arg(self.state.path())
+            .status();
+    }
+}
