@@ -95,7 +95,19 @@ pub fn apply_o_options(o: &mut MountOptions, spec: &str) -> Result<(), String> {
 /// Makes sure the mount point is a usable directory. A mount left dead by a
 /// crashed daemon ("Transport endpoint is not connected") is detached first.
 pub fn prepare_mountpoint(dir: &Path) -> Result<(), String> {
-    match std::fs::metadata(dir) {
+    // stat may be answered from the kernel's attribute cache; statfs always
+    // asks the filesystem, so it sees a dead FUSE connection.
+    let probe = std::fs::metadata(dir).and_then(|m| {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: c is a valid path and st a valid buffer.
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(m)
+    });
+    match probe {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
                 .map_err(|_| format!("{}: bad path", dir.display()))?;

@@ -410,3 +410,98 @@ fn background_mount_reports_its_outcome() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
 }
+
+/// chmod, chown and utimes succeed and show in stat while the mount runs;
+/// ftruncate to the current size succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_show_while_mounted() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    let p = m.path("attrs");
+    let f = std::fs::File::create(&p).unwrap();
+    std::io::Write::write_all(&mut &f, b"12345").unwrap();
+    f.set_len(5).unwrap();
+    drop(f);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&p, Some(1234), Some(4321)).unwrap();
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let md = std::fs::metadata(&p).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o600);
+    assert_eq!((md.uid(), md.gid()), (1234, 4321));
+    assert_eq!(md.mtime(), 1_000_000_000);
+    assert_eq!(md.len(), 5);
+    assert_eq!(c.head_object(&b, "attrs").await.unwrap().size, 5);
+}
+
+/// A file this mount is still writing cannot be opened for reading (EBUSY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_file_being_written_is_busy() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    let mut w = std::fs::File::create(m.path("w")).unwrap();
+    w.write_all(b"partial").unwrap();
+    let e = std::fs::File::open(m.path("w")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
+    drop(w);
+    assert_eq!(std::fs::read(m.path("w")).unwrap(), b"partial");
+}
+
+/// An overwrite whose upload fails leaves the old object as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_overwrite_keeps_the_old_object() {
+    let g = Garage::start();
+    let c = g.client();
+    let b = "bucketfs-test";
+    let old = data(2 * MIB, 1);
+    c.put_object(b, "keep", old.clone().into(), None, &PutOptions::default())
+        .await
+        .unwrap();
+    let m = Mounted::new(b, &[], &[("AWS_ENDPOINT_URL", &g.endpoint)]);
+    assert_eq!(
+        std::fs::metadata(m.path("keep")).unwrap().len(),
+        old.len() as u64
+    );
+    let src = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(src.path(), data(3 * MIB, 2)).unwrap();
+    g.kill();
+    let out = cp(src.path(), &m.path("keep"));
+    assert!(!out.status.success(), "cp must fail");
+    g.resume();
+    let got = c.get_object(b, "keep", None, None).await.unwrap();
+    assert!(got.body[..] == old[..], "the old object is untouched");
+}
+
+/// A mount point left dead by a killed daemon is cleared and mounted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_mount_point_is_reused() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let mut first = Mounted::bucket(&b);
+    first.kill();
+    let e = std::fs::read_dir(&first.dir).unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "the dead mount is there"
+    );
+    let second = Mounted::at(&b, &first.dir);
+    assert_eq!(
+        common::mount::mounts_at(&first.dir),
+        1,
+        "the dead mount was cleared, not buried"
+    );
+    std::fs::write(second.path("again"), b"ok").unwrap();
+    assert_eq!(
+        &c.get_object(&b, "again", None, None).await.unwrap().body[..],
+        b"ok"
+    );
+}

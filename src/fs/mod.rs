@@ -103,6 +103,7 @@ enum WriteState {
 
 /// A file open for writing.
 struct WriteHandle {
+    fh: u64,
     ino: u64,
     key: String,
     /// Thread group of the opener: only its close completes the upload.
@@ -585,6 +586,7 @@ impl Fs {
         self.insert_handle(
             fh,
             Handle::Write(Box::new(WriteHandle {
+                fh,
                 ino,
                 key: key.clone(),
                 opener_tgid: tgid_of(pid).or(Some(pid)),
@@ -624,13 +626,18 @@ impl Fs {
             return Err(FsError::NotSupported("append to an existing object"));
         }
         let trunc = flags & libc::O_TRUNC != 0 || inode.size == 0;
-        let fh = self.new_fh(Handle::Write(Box::new(WriteHandle {
-            ino,
-            key: inode.key.clone(),
-            opener_tgid: tgid_of(pid).or(Some(pid)),
-            upload: trunc.then(|| self.new_upload(inode.key.clone())),
-            state: WriteState::Open,
-        })));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.insert_handle(
+            fh,
+            Handle::Write(Box::new(WriteHandle {
+                fh,
+                ino,
+                key: inode.key.clone(),
+                opener_tgid: tgid_of(pid).or(Some(pid)),
+                upload: trunc.then(|| self.new_upload(inode.key.clone())),
+                state: WriteState::Open,
+            })),
+        );
         let mut t = self.table();
         if let Some(i) = t.get_mut(ino) {
             i.writer = Some(fh);
@@ -718,6 +725,10 @@ impl Fs {
                     i.size = f.size;
                     i.etag = Some(f.etag);
                     i.local = false;
+                    // Durable now: readers need not wait for the (asynchronous) release.
+                    if i.writer == Some(w.fh) {
+                        i.writer = None;
+                    }
                 }
                 Ok(())
             }

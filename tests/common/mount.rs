@@ -7,11 +7,17 @@ use std::time::{Duration, Instant};
 
 /// Whether `dir` is a mount point (per /proc/self/mountinfo).
 pub fn is_mounted(dir: &Path) -> bool {
+    mounts_at(dir) > 0
+}
+
+/// How many mounts are stacked on `dir`.
+pub fn mounts_at(dir: &Path) -> usize {
     let dir = dir.to_string_lossy().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .any(|l| l.split(' ').nth(4) == Some(dir.as_str()))
+        .filter(|l| l.split(' ').nth(4) == Some(dir.as_str()))
+        .count()
 }
 
 /// A bucketfs process in the foreground, unmounted and stopped on drop.
@@ -28,6 +34,27 @@ impl Mounted {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("mnt");
         std::fs::create_dir(&dir).unwrap();
+        Self::spawn(target, args, env, tmp, dir)
+    }
+
+    /// Mounts `target` on an existing directory (which may hold a dead mount).
+    pub fn at(target: &str, dir: &Path) -> Mounted {
+        Self::spawn(
+            target,
+            &[],
+            &[],
+            tempfile::tempdir().unwrap(),
+            dir.to_path_buf(),
+        )
+    }
+
+    fn spawn(
+        target: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        tmp: tempfile::TempDir,
+        dir: PathBuf,
+    ) -> Mounted {
         let log = tmp.path().join("bucketfs.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bucketfs"));
         cmd.arg("mount")
@@ -44,7 +71,8 @@ impl Mounted {
         }
         let mut child = cmd.spawn().expect("spawn bucketfs mount");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_mounted(&dir) {
+        // read_dir reaches the filesystem (stat may come from a dead mount's cache).
+        while !(is_mounted(&dir) && std::fs::read_dir(&dir).is_ok()) {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "bucketfs exited ({status}) before mounting:\n{}",

@@ -1,0 +1,130 @@
+//! The filesystem core in-process on a real Garage, where requests can be
+//! counted: listings cost one LIST per page, lookups after a listing none.
+
+mod common;
+
+use bucketfs::fs::{Fs, FsConfig};
+use bucketfs::s3::{BucketClient, Op, PutOptions};
+use bucketfs::upload::schedule::Schedule;
+use bucketfs::upload::UploadConfig;
+use common::*;
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn fs_config() -> FsConfig {
+    FsConfig {
+        prefix: String::new(),
+        uid: 0,
+        gid: 0,
+        file_mode: 0o644,
+        dir_mode: 0o755,
+        read_only: false,
+        upload: UploadConfig {
+            schedule: Schedule {
+                base: 8 << 20,
+                max_part: 128 << 20,
+            },
+            max_in_flight: 4,
+            hold_first_part: true,
+        },
+        metadata_ttl: Duration::from_secs(60),
+        max_readahead: 64 << 20,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_2500_keys_costs_3_lists_and_no_heads() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..2500 {
+        let (c, b, sem) = (c.clone(), b.clone(), sem.clone());
+        set.spawn(async move {
+            let _p = sem.acquire_owned().await.unwrap();
+            c.put_object(
+                &b,
+                &format!("big/{i:05}"),
+                bytes::Bytes::from_static(b"xy"),
+                None,
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let store = Arc::new(BucketClient {
+        client: c.clone(),
+        bucket: b.clone(),
+        sse: None,
+    });
+    let fs = Fs::new(store, fs_config());
+    let dir = fs.lookup(fs.root(), OsStr::new("big")).await.unwrap();
+
+    let lists = c.counters().requests(Op::ListObjects);
+    let heads = c.counters().requests(Op::HeadObject);
+    let fh = fs.opendir(dir.ino).await.unwrap();
+    // Page through it the way the kernel does, a few entries at a time.
+    let mut names = Vec::new();
+    loop {
+        let chunk = fs.readdir(fh, names.len() as u64).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        names.extend(chunk.into_iter().take(37).map(|e| e.name));
+    }
+    assert_eq!(names.len(), 2502, "2,500 files plus . and ..");
+    assert_eq!(
+        c.counters().requests(Op::ListObjects) - lists,
+        3,
+        "one LIST per 1,000 keys, once per opendir"
+    );
+    // Every listed name is known: looking them up (ls -l) sends nothing.
+    for n in ["00000", "01234", "02499"] {
+        let a = fs.lookup(dir.ino, OsStr::new(n)).await.unwrap();
+        assert_eq!(a.size, 2);
+    }
+    assert_eq!(
+        c.counters().requests(Op::HeadObject),
+        heads,
+        "no HEAD per listed file"
+    );
+    assert_eq!(c.counters().requests(Op::ListObjects) - lists, 3);
+    fs.releasedir(fh).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_costs_one_put() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let store = Arc::new(BucketClient {
+        client: c.clone(),
+        bucket: b.clone(),
+        sse: None,
+    });
+    let fs = Fs::new(store, fs_config());
+    let before: Vec<u64> = [Op::PutObject, Op::CreateMultipartUpload, Op::UploadPart]
+        .iter()
+        .map(|o| c.counters().requests(*o))
+        .collect();
+    let (_, fh) = fs
+        .create(fs.root(), OsStr::new("small"), 0o644, std::process::id())
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"hello").await.unwrap();
+    fs.flush(fh, std::process::id()).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let after: Vec<u64> = [Op::PutObject, Op::CreateMultipartUpload, Op::UploadPart]
+        .iter()
+        .map(|o| c.counters().requests(*o))
+        .collect();
+    assert_eq!(after[0] - before[0], 1);
+    assert_eq!(after[1], before[1]);
+    assert_eq!(after[2], before[2]);
+    let g = c.get_object(&b, "small", None, None).await.unwrap();
+    assert_eq!(&g.body[..], b"hello");
+}
