@@ -128,3 +128,48 @@ async fn a_small_file_costs_one_put() {
     let g = c.get_object(&b, "small", None, None).await.unwrap();
     assert_eq!(&g.body[..], b"hello");
 }
+
+/// `cp -r` into a new directory: mkdir makes it known-empty, so the lookups
+/// of the names cp creates cost no HEAD or LIST — one PUT per file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_files_in_a_new_directory_costs_no_lookups() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let store = Arc::new(BucketClient {
+        client: c.clone(),
+        bucket: b.clone(),
+        sse: None,
+    });
+    let fs = Fs::new(store, fs_config());
+    let dir = fs.mkdir(fs.root(), OsStr::new("new"), 0o755).await.unwrap();
+    let (heads, lists, puts) = (
+        c.counters().requests(Op::HeadObject),
+        c.counters().requests(Op::ListObjects),
+        c.counters().requests(Op::PutObject),
+    );
+    let pid = std::process::id();
+    for i in 0..20 {
+        let name = format!("f{i}");
+        let e = fs.lookup(dir.ino, OsStr::new(&name)).await.unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT);
+        let (_, fh) = fs
+            .create(dir.ino, OsStr::new(&name), 0o644, pid)
+            .await
+            .unwrap();
+        fs.write(fh, 0, name.as_bytes()).await.unwrap();
+        fs.flush(fh, pid).await.unwrap();
+        fs.release(fh).await.unwrap();
+        assert!(fs.lookup(dir.ino, OsStr::new(&name)).await.is_ok());
+    }
+    assert_eq!(c.counters().requests(Op::HeadObject), heads);
+    assert_eq!(c.counters().requests(Op::ListObjects), lists);
+    assert_eq!(c.counters().requests(Op::PutObject) - puts, 20);
+    assert_eq!(
+        c.list_objects_all(&b, "new/", None)
+            .await
+            .unwrap()
+            .objects
+            .len(),
+        21
+    );
+}

@@ -38,6 +38,10 @@ pub struct Inode {
     pub writer: Option<u64>,
     /// Exists only in this mount so far (created, not yet stored).
     pub local: bool,
+    /// For a directory: its children here are its complete listing until
+    /// then (a fresh listing, or mkdir of an empty directory), so a name not
+    /// among them does not exist and costs no request.
+    pub complete_until: Option<Instant>,
 }
 
 /// All inodes the kernel may refer to.
@@ -68,6 +72,7 @@ impl InodeTable {
             valid_until: Instant::now() + std::time::Duration::from_secs(u32::MAX as u64),
             writer: None,
             local: false,
+            complete_until: None,
         };
         let mut inodes = HashMap::new();
         inodes.insert(ROOT, root);
@@ -143,6 +148,7 @@ impl InodeTable {
                         valid_until: Instant::now(),
                         writer: None,
                         local: false,
+                        complete_until: None,
                     },
                 );
                 self.children.insert((parent, name.to_string()), i);

@@ -252,10 +252,19 @@ impl Fs {
         let pkey = self.dir_key(parent)?;
         {
             let t = self.table();
-            if let Some(c) = t.child(parent, name) {
-                if c.local || c.writer.is_some() || c.valid_until > Instant::now() {
+            let now = Instant::now();
+            match t.child(parent, name) {
+                Some(c) if c.local || c.writer.is_some() || c.valid_until > now => {
                     return Ok(self.attr_of(c));
                 }
+                None if t
+                    .get(parent)
+                    .and_then(|p| p.complete_until)
+                    .is_some_and(|u| u > now) =>
+                {
+                    return Err(FsError::NotFound);
+                }
+                _ => {}
             }
         }
         let key = format!("{pkey}{name}");
@@ -502,6 +511,9 @@ impl Fs {
                     name: name.clone(),
                 });
             }
+            if let Some(d) = t.get_mut(ino) {
+                d.complete_until = Some(valid_until);
+            }
             let listed: std::collections::HashSet<String> =
                 entries.iter().map(|e| e.name.clone()).collect();
             for c in t.local_children(ino) {
@@ -725,6 +737,7 @@ impl Fs {
                     i.size = f.size;
                     i.etag = Some(f.etag);
                     i.local = false;
+                    i.valid_until = Instant::now() + self.cfg.metadata_ttl;
                     // Durable now: readers need not wait for the (asynchronous) release.
                     if i.writer == Some(w.fh) {
                         i.writer = None;
@@ -842,6 +855,8 @@ impl Fs {
             i.ctime = now;
             i.perm = Some((mode & 0o7777) as u16);
             i.valid_until = valid_until;
+            // Just made, so empty: lookups inside need no request for a while.
+            i.complete_until = Some(valid_until);
         });
         Ok(self.attr_of(t.get(ino).expect("inserted")))
     }
