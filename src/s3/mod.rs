@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod memory;
 pub mod sigv4;
 pub mod store;
 pub mod types;

@@ -427,3 +427,6 @@ fn looks_like_multipart_etag(e: &str) -> bool {
 pub fn single_etag(body: &[u8]) -> String {
     hex(&md5_of(body))
 }
+
+#[cfg(test)]
+mod tests;

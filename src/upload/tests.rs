@@ -1,0 +1,206 @@
+//! The upload engine against the in-memory store, which enforces S3's rules
+//! (5 MiB minimum part, ascending parts, matching ETags) that Garage does not.
+
+use super::*;
+use crate::s3::memory::MemoryStore;
+use crate::s3::{hex, Op};
+use std::time::Duration;
+
+const MIB: usize = 1024 * 1024;
+
+fn cfg(base: usize, in_flight: usize) -> UploadConfig {
+    UploadConfig {
+        schedule: Schedule {
+            base: base as u64,
+            max_part: 128 * MIB as u64,
+        },
+        max_in_flight: in_flight,
+        hold_first_part: true,
+    }
+}
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v
+}
+
+fn upload(store: &Arc<MemoryStore>, key: &str, c: UploadConfig) -> Upload {
+    Upload::new(store.clone(), key.to_string(), PutOptions::default(), c)
+}
+
+/// Random write sizes, every size class around the part boundaries: the
+/// object is byte-exact, a single PUT up to one part, multipart beyond.
+#[tokio::test]
+async fn random_write_sizes_land_byte_exact() {
+    let store = Arc::new(MemoryStore::new());
+    let part = 5 * MIB;
+    let mut rng = fastrand::Rng::with_seed(42);
+    for (i, size) in [
+        0,
+        1,
+        part - 1,
+        part,
+        part + 1,
+        3 * part + part / 2,
+        4 * part,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = data(size, i as u64);
+        let key = format!("k{i}");
+        let mut u = upload(&store, &key, cfg(part, 3));
+        let mut off = 0;
+        while off < size {
+            let n = rng.usize(1..=300_000).min(size - off);
+            u.write(off as u64, &body[off..off + n]).await.unwrap();
+            off += n;
+        }
+        let f = u.finish().await.unwrap();
+        let stored = store.object(&key).expect("stored");
+        let (got, etag) = (stored.body, stored.etag);
+        assert!(got[..] == body[..], "{size}");
+        let parts = size.div_ceil(part);
+        if parts <= 1 {
+            assert_eq!(f.parts, 0, "{size}: one PUT");
+            assert_eq!(bare_etag(&etag), hex(&md5_of(&body)));
+        } else {
+            assert_eq!(f.parts as usize, parts, "{size}");
+            let md5s: Vec<[u8; 16]> = body.chunks(part).map(md5_of).collect();
+            assert_eq!(bare_etag(&etag), multipart_etag(&md5s));
+        }
+    }
+    assert!(store.uploads().is_empty());
+    assert_eq!(
+        store.calls(Op::CreateMultipartUpload),
+        3,
+        "only the three files over one part"
+    );
+}
+
+/// A failed UploadPart (after the client's retries) aborts: close fails,
+/// nothing at the key, no upload left, later writes fail.
+#[tokio::test]
+async fn a_failed_part_aborts_and_stores_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    store.fail_nth(Op::UploadPart, 2, "InternalError");
+    let mut u = upload(&store, "f", cfg(5 * MIB, 2));
+    let body = data(30 * MIB, 1);
+    let mut failed = false;
+    for chunk in body.chunks(MIB) {
+        let off = u.size();
+        if u.write(off, chunk).await.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    let r = u.finish().await;
+    assert!(failed || r.is_err());
+    assert!(r.is_err(), "close must fail");
+    assert!(store.object("f").is_none(), "nothing at the key");
+    assert!(store.uploads().is_empty(), "the upload was aborted");
+    assert_eq!(store.calls(Op::AbortMultipartUpload), 1);
+}
+
+/// Failing Complete, or the single PUT, fails close and leaves nothing.
+#[tokio::test]
+async fn failed_complete_or_put_fails_close() {
+    let store = Arc::new(MemoryStore::new());
+    store.fail_all(Op::CompleteMultipartUpload, "InternalError");
+    let mut u = upload(&store, "big", cfg(5 * MIB, 2));
+    u.write(0, &data(12 * MIB, 2)).await.unwrap();
+    assert!(u.finish().await.is_err());
+    assert!(store.object("big").is_none());
+    assert!(store.uploads().is_empty());
+
+    store.fail_all(Op::PutObject, "InternalError");
+    let mut u = upload(&store, "small", cfg(5 * MIB, 2));
+    u.write(0, b"abc").await.unwrap();
+    assert!(u.finish().await.is_err());
+    assert!(store.object("small").is_none());
+}
+
+/// No more than `max_in_flight` parts of one file upload at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_in_flight_are_bounded() {
+    let store = Arc::new(MemoryStore::new());
+    store.delay(Op::UploadPart, Duration::from_millis(50));
+    let mut u = upload(&store, "f", cfg(5 * MIB, 3));
+    let body = data(60 * MIB, 3);
+    for chunk in body.chunks(MIB) {
+        let off = u.size();
+        u.write(off, chunk).await.unwrap();
+    }
+    u.finish().await.unwrap();
+    let peak = store.peak_in_flight(Op::UploadPart);
+    assert!(peak <= 3, "peak {peak}");
+    assert!(peak >= 2, "parts should overlap, peak {peak}");
+    assert!(store.object("f").unwrap().body[..] == body[..]);
+}
+
+/// Part 1 stays in memory until close: bytes 8..24 rewritten after 20 MiB
+/// were written land exactly; a write into a part already sent is refused
+/// and the upload still ends cleanly.
+#[tokio::test]
+async fn rewrites_into_the_held_first_part_and_refusal_after_sending() {
+    let store = Arc::new(MemoryStore::new());
+    let mut u = upload(&store, "mp4", cfg(5 * MIB, 2));
+    let mut body = data(20 * MIB, 4);
+    u.write(0, &body).await.unwrap();
+    let patch = [0xAB; 16];
+    u.write(8, &patch).await.unwrap();
+    body[8..24].copy_from_slice(&patch);
+    // Part 2 (5..10 MiB) has been sent: refused.
+    let e = u.write(6 * MIB as u64, b"late").await.unwrap_err();
+    assert!(
+        matches!(e, UploadError::IntoSentPart { part: 2, .. }),
+        "{e}"
+    );
+    u.finish().await.unwrap();
+    assert!(store.object("mp4").unwrap().body[..] == body[..]);
+}
+
+/// A forward seek past the end zero-fills the gap (cp over sparse files).
+#[tokio::test]
+async fn forward_seek_zero_fills() {
+    let store = Arc::new(MemoryStore::new());
+    let mut u = upload(&store, "sparse", cfg(5 * MIB, 2));
+    u.write(0, b"head").await.unwrap();
+    u.write(12 * MIB as u64, b"tail").await.unwrap();
+    u.truncate(13 * MIB as u64).await.unwrap();
+    u.finish().await.unwrap();
+    let got = store.object("sparse").unwrap().body;
+    assert_eq!(got.len(), 13 * MIB);
+    assert_eq!(&got[..4], b"head");
+    assert!(got[4..12 * MIB].iter().all(|b| *b == 0));
+    assert_eq!(&got[12 * MIB..12 * MIB + 4], b"tail");
+    assert!(got[12 * MIB + 4..].iter().all(|b| *b == 0));
+}
+
+/// Without the held first part, part minimums still hold: the store
+/// rejects a small non-last part, so the engine must never send one.
+#[tokio::test]
+async fn never_sends_an_empty_or_undersized_part() {
+    let store = Arc::new(MemoryStore::new());
+    let mut c = cfg(5 * MIB, 2);
+    c.hold_first_part = false;
+    let mut u = upload(&store, "exact", c);
+    // Exactly two parts: the last part must not be an empty third.
+    u.write(0, &data(10 * MIB, 5)).await.unwrap();
+    let f = u.finish().await.unwrap();
+    assert_eq!(f.parts, 2);
+}
+
+/// The write that would pass the schedule's largest file gets EFBIG.
+#[tokio::test]
+async fn past_the_largest_file_is_too_large() {
+    let store = Arc::new(MemoryStore::new());
+    let mut u = upload(&store, "huge", cfg(5 * MIB, 2));
+    let max = u.cfg.schedule.max_file_size();
+    let e = u.write(max, b"x").await.unwrap_err();
+    assert!(matches!(e, UploadError::TooLarge { .. }), "{e}");
+    u.abort().await;
+    assert!(store.uploads().is_empty());
+}
