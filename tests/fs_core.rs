@@ -4,7 +4,7 @@
 mod common;
 
 use bucketfs::fs::{Fs, FsConfig};
-use bucketfs::s3::{BucketClient, Op, PutOptions};
+use bucketfs::s3::{BucketClient, Op};
 use bucketfs::upload::schedule::Schedule;
 use bucketfs::upload::UploadConfig;
 use common::*;
@@ -37,26 +37,7 @@ fn fs_config() -> FsConfig {
 async fn a_directory_of_2500_keys_costs_3_lists_and_no_heads() {
     let c = client();
     let b = fresh_bucket(&c).await;
-    let sem = Arc::new(tokio::sync::Semaphore::new(32));
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..2500 {
-        let (c, b, sem) = (c.clone(), b.clone(), sem.clone());
-        set.spawn(async move {
-            let _p = sem.acquire_owned().await.unwrap();
-            c.put_object(
-                &b,
-                &format!("big/{i:05}"),
-                bytes::Bytes::from_static(b"xy"),
-                None,
-                &PutOptions::default(),
-            )
-            .await
-            .unwrap();
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        r.unwrap();
-    }
+    put_many(&c, &b, "big/", 2500, b"xy").await;
     let store = Arc::new(BucketClient {
         client: c.clone(),
         bucket: b.clone(),

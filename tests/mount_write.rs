@@ -355,26 +355,7 @@ async fn second_writer_is_busy() {
 async fn big_directory_lists_completely() {
     let c = client();
     let b = fresh_bucket(&c).await;
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..2500 {
-        let (c, b, sem) = (c.clone(), b.clone(), sem.clone());
-        set.spawn(async move {
-            let _p = sem.acquire_owned().await.unwrap();
-            c.put_object(
-                &b,
-                &format!("big/{i:05}"),
-                bytes::Bytes::from_static(b"x"),
-                None,
-                &PutOptions::default(),
-            )
-            .await
-            .unwrap();
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        r.unwrap();
-    }
+    put_many(&c, &b, "big/", 2500, b"x").await;
     let m = Mounted::bucket(&b);
     let names: Vec<String> = std::fs::read_dir(m.path("big"))
         .unwrap()

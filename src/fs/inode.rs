@@ -44,6 +44,31 @@ pub struct Inode {
     pub complete_until: Option<Instant>,
 }
 
+impl Inode {
+    /// A fresh inode whose attributes are not trusted yet.
+    fn new(ino: u64, parent: u64, name: &str, kind: Kind, key: String, now: SystemTime) -> Self {
+        Inode {
+            ino,
+            parent,
+            name: name.to_string(),
+            kind,
+            key,
+            size: 0,
+            mtime: now,
+            atime: now,
+            ctime: now,
+            perm: None,
+            uid: None,
+            gid: None,
+            etag: None,
+            valid_until: Instant::now(),
+            writer: None,
+            local: false,
+            complete_until: None,
+        }
+    }
+}
+
 /// All inodes the kernel may refer to.
 #[derive(Debug)]
 pub struct InodeTable {
@@ -55,25 +80,9 @@ pub struct InodeTable {
 impl InodeTable {
     /// A table holding only the root, whose key prefix is `root_key`.
     pub fn new(root_key: String, now: SystemTime) -> Self {
-        let root = Inode {
-            ino: ROOT,
-            parent: ROOT,
-            name: String::new(),
-            kind: Kind::Dir,
-            key: root_key,
-            size: 0,
-            mtime: now,
-            atime: now,
-            ctime: now,
-            perm: None,
-            uid: None,
-            gid: None,
-            etag: None,
-            valid_until: Instant::now() + std::time::Duration::from_secs(u32::MAX as u64),
-            writer: None,
-            local: false,
-            complete_until: None,
-        };
+        let mut root = Inode::new(ROOT, ROOT, "", Kind::Dir, root_key, now);
+        // The root always exists.
+        root.valid_until = Instant::now() + std::time::Duration::from_secs(u32::MAX as u64);
         let mut inodes = HashMap::new();
         inodes.insert(ROOT, root);
         InodeTable {
@@ -128,28 +137,9 @@ impl InodeTable {
             _ => {
                 let i = self.next_ino;
                 self.next_ino += 1;
-                let now = SystemTime::now();
                 self.inodes.insert(
                     i,
-                    Inode {
-                        ino: i,
-                        parent,
-                        name: name.to_string(),
-                        kind,
-                        key: key.clone(),
-                        size: 0,
-                        mtime: now,
-                        atime: now,
-                        ctime: now,
-                        perm: None,
-                        uid: None,
-                        gid: None,
-                        etag: None,
-                        valid_until: Instant::now(),
-                        writer: None,
-                        local: false,
-                        complete_until: None,
-                    },
+                    Inode::new(i, parent, name, kind, key.clone(), SystemTime::now()),
                 );
                 self.children.insert((parent, name.to_string()), i);
                 i

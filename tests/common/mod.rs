@@ -28,6 +28,30 @@ pub async fn fresh_bucket(c: &Client) -> String {
     name
 }
 
+/// Stores `count` objects `PREFIX00000`, `PREFIX00001`, ... holding `body`, 32 at a time.
+pub async fn put_many(c: &Client, bucket: &str, prefix: &str, count: usize, body: &'static [u8]) {
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let (c, b, sem, key) = (
+            c.clone(),
+            bucket.to_string(),
+            sem.clone(),
+            format!("{prefix}{i:05}"),
+        );
+        set.spawn(async move {
+            let _p = sem.acquire_owned().await.unwrap();
+            let opts = bucketfs::s3::PutOptions::default();
+            c.put_object(&b, &key, bytes::Bytes::from_static(body), None, &opts)
+                .await
+                .unwrap();
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(seed);
