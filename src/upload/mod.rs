@@ -7,6 +7,7 @@
 //!
 //! Knows the [`ObjectStore`] trait, never inodes or FUSE.
 
+pub mod budget;
 pub mod schedule;
 
 use crate::s3::{bare_etag, hex, md5_of, multipart_etag, ObjectStore, PutOptions, S3Error};
