@@ -78,6 +78,11 @@ struct MountArgs {
     /// Parts of one file uploading at once
     #[arg(long, default_value_t = 4)]
     max_parts_in_flight: usize,
+    /// Memory for all buffers: 3/4 for parts being written or sent (writers
+    /// wait when it is full), 1/4 for read-ahead. It caps the largest part and
+    /// so the largest file (256MiB: 1.03 TiB; see docs/SEMANTICS.md)
+    #[arg(long, default_value = "256MiB", value_parser = parse_size_arg)]
+    memory_limit: u64,
     /// Owner shown for files and directories [default: the mounting user]
     #[arg(long)]
     uid: Option<u32>,
@@ -147,6 +152,7 @@ fn mount(args: MountArgs, s3: &S3Args) -> anyhow::Result<()> {
         part_size: args.part_size,
         max_part_size: args.max_part_size.max(args.part_size),
         max_parts_in_flight: args.max_parts_in_flight.max(1),
+        memory_limit: args.memory_limit,
         fuse_threads: args.fuse_threads.max(1),
         metadata_ttl: args.metadata_ttl,
         max_readahead: args.max_readahead,
@@ -154,6 +160,7 @@ fn mount(args: MountArgs, s3: &S3Args) -> anyhow::Result<()> {
     for spec in &args.options {
         m::apply_o_options(&mut o, spec).map_err(anyhow::Error::msg)?;
     }
+    m::plan_memory(o.part_size, o.max_part_size, o.memory_limit).map_err(anyhow::Error::msg)?;
     m::prepare_mountpoint(&o.mountpoint).map_err(anyhow::Error::msg)?;
     // Fork before any thread (the tokio runtime) exists.
     let ready = if o.foreground {

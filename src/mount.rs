@@ -5,8 +5,9 @@
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
 use crate::s3::{BucketClient, Client, ObjectStore, S3Error};
+use crate::upload::budget::Budget;
 use crate::upload::schedule::{Schedule, MIN_PART};
-use crate::upload::UploadConfig;
+use crate::upload::{UploadConfig, MEMORY_WAIT};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ pub struct MountOptions {
     pub part_size: u64,
     pub max_part_size: u64,
     pub max_parts_in_flight: usize,
+    /// Every buffer of the mount: write parts and read-ahead.
+    pub memory_limit: u64,
     pub fuse_threads: usize,
     pub metadata_ttl: Duration,
     pub max_readahead: u64,
@@ -65,6 +68,10 @@ pub fn apply_o_options(o: &mut MountOptions, spec: &str) -> Result<(), String> {
             "file_mode" => o.file_mode = mode(value)?,
             "dir_mode" => o.dir_mode = mode(value)?,
             "foreground" => o.foreground = true,
+            "memory_limit" => {
+                o.memory_limit =
+                    parse_size(value.ok_or_else(|| format!("-o {name} needs a value"))?)?
+            }
             // Accepted and meaningless here (fstab/mount(8) pass them), or always on.
             "default_permissions"
             | "_netdev"
@@ -90,6 +97,48 @@ pub fn apply_o_options(o: &mut MountOptions, spec: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// How `--memory-limit` is shared out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// Parts being filled, in flight, and held first parts.
+    pub write_budget: u64,
+    /// Read-ahead (never waited for: a read that finds it full reads less ahead).
+    pub read_budget: u64,
+    /// The part schedule, its largest part capped so that a held first
+    /// part and one largest part fit the write budget together.
+    pub schedule: Schedule,
+}
+
+/// The share of `--memory-limit` read-ahead may use.
+pub const READ_SHARE: u64 = 4;
+
+/// Splits the memory limit: a quarter for read-ahead, the rest for writes.
+pub fn plan_memory(
+    part_size: u64,
+    max_part_size: u64,
+    memory_limit: u64,
+) -> Result<MemoryPlan, String> {
+    let read_budget = memory_limit / READ_SHARE;
+    let write_budget = memory_limit - read_budget;
+    let base = part_size.max(MIN_PART);
+    if write_budget < 2 * base {
+        return Err(format!(
+            "--memory-limit {} is too small for --part-size {}: writes get 3/4 of it and need two parts (at least {} bytes of limit)",
+            memory_limit,
+            part_size,
+            (2 * base * READ_SHARE).div_ceil(READ_SHARE - 1)
+        ));
+    }
+    Ok(MemoryPlan {
+        write_budget,
+        read_budget,
+        schedule: Schedule {
+            base,
+            max_part: max_part_size.max(base).min(write_budget - base),
+        },
+    })
 }
 
 /// Makes sure the mount point is a usable directory. A mount left dead by a
@@ -231,6 +280,7 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let result: Result<_, String> = (|| {
+        let plan = plan_memory(o.part_size, o.max_part_size, o.memory_limit)?;
         rt.block_on(client.head_bucket(&o.bucket))
             .map_err(|e| describe_bucket_error(&o.bucket, &e))?;
         let store: Arc<dyn ObjectStore> = Arc::new(BucketClient {
@@ -246,16 +296,24 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             dir_mode: o.dir_mode,
             read_only: o.read_only,
             upload: UploadConfig {
-                schedule: Schedule {
-                    base: o.part_size.max(MIN_PART),
-                    max_part: o.max_part_size,
-                },
+                schedule: plan.schedule,
                 max_in_flight: o.max_parts_in_flight,
                 hold_first_part: true,
+                budget: Budget::new(plan.write_budget),
+                memory_wait: MEMORY_WAIT,
             },
             metadata_ttl: o.metadata_ttl,
             max_readahead: o.max_readahead,
+            read_budget: Budget::new(plan.read_budget),
         };
+        tracing::info!(
+            memory_limit = o.memory_limit,
+            write_budget = plan.write_budget,
+            read_budget = plan.read_budget,
+            largest_part = plan.schedule.max_part,
+            largest_file = plan.schedule.max_file_size(),
+            "memory plan"
+        );
         let fs = Arc::new(Fs::new(store, cfg));
         let mut opts = vec![
             fuser::MountOption::FSName(format!("bucketfs:{}", o.bucket)),
@@ -335,6 +393,7 @@ mod tests {
             part_size: 8 << 20,
             max_part_size: 128 << 20,
             max_parts_in_flight: 4,
+            memory_limit: 256 << 20,
             fuse_threads: 2,
             metadata_ttl: Duration::from_secs(1),
             max_readahead: 64 << 20,
@@ -355,6 +414,29 @@ mod tests {
         assert!(apply_o_options(&mut o, "file_mode=999").is_err());
         apply_o_options(&mut o, "rw").unwrap();
         assert!(!o.read_only);
+    }
+
+    #[test]
+    fn memory_plans() {
+        const GIB: u64 = 1 << 30;
+        const TIB: u64 = 1 << 40;
+        let d = defaults();
+        let p = plan_memory(d.part_size, d.max_part_size, d.memory_limit).unwrap();
+        assert_eq!(p.write_budget + p.read_budget, d.memory_limit);
+        assert!(p.schedule.max_file_size() >= TIB, "{p:?}");
+        // A larger budget and part cap: 5 TiB.
+        let big = plan_memory(8 << 20, GIB, 2 * GIB).unwrap();
+        assert!(big.schedule.max_file_size() >= 5 * TIB, "{big:?}");
+        // The budget caps the largest part below --max-part-size.
+        let small = plan_memory(8 << 20, GIB, 64 << 20).unwrap();
+        assert_eq!(small.schedule.max_part, 40 << 20);
+        assert!(small.schedule.max_file_size() < TIB);
+        assert!(plan_memory(8 << 20, GIB, 20 << 20)
+            .unwrap_err()
+            .contains("--memory-limit"));
+        let mut o = defaults();
+        apply_o_options(&mut o, "memory_limit=1G").unwrap();
+        assert_eq!(o.memory_limit, GIB);
     }
 
     #[test]

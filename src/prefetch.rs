@@ -4,9 +4,14 @@
 //! window. The kernel may deliver read-ahead requests slightly out of order,
 //! so a read that falls inside the fetched window still counts as sequential.
 //!
+//! Read-ahead memory comes from a budget shared by all readers and is never
+//! waited for: when it is used up, a read fetches only what it needs itself
+//! (those bytes are not counted: they are answered at once).
+//!
 //! Never touches the upload path.
 
 use crate::s3::{ObjectStore, S3Error};
+use crate::upload::budget::{Budget, Grant};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,6 +35,8 @@ struct Chunk {
     start: u64,
     end: u64,
     data: ChunkData,
+    /// Read-ahead memory, given back when the chunk is dropped.
+    _grant: Option<Grant>,
 }
 
 /// Reads one object through ranged GETs with read-ahead.
@@ -42,11 +49,18 @@ pub struct Reader {
     chunks: VecDeque<Chunk>,
     /// Where the next read-ahead GET starts.
     next_fetch: u64,
+    budget: Arc<Budget>,
 }
 
 impl Reader {
     /// A reader of `key`, whose size is `size`.
-    pub fn new(store: Arc<dyn ObjectStore>, key: String, size: u64, max_window: u64) -> Self {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        key: String,
+        size: u64,
+        max_window: u64,
+        budget: Arc<Budget>,
+    ) -> Self {
         Reader {
             store,
             key,
@@ -55,6 +69,7 @@ impl Reader {
             window: INITIAL_WINDOW,
             chunks: VecDeque::new(),
             next_fetch: 0,
+            budget,
         }
     }
 
@@ -63,7 +78,7 @@ impl Reader {
         self.chunks.iter().map(|c| c.end - c.start).sum()
     }
 
-    fn spawn(&self, start: u64, end: u64) -> Chunk {
+    fn spawn(&self, start: u64, end: u64, grant: Option<Grant>) -> Chunk {
         let (store, key) = (self.store.clone(), self.key.clone());
         let task = tokio::spawn(async move {
             store
@@ -75,6 +90,7 @@ impl Reader {
             start,
             end,
             data: ChunkData::Pending(task),
+            _grant: grant,
         }
     }
 
@@ -101,7 +117,7 @@ impl Reader {
             self.window = INITIAL_WINDOW;
             // Fetch what this read needs (at least a little), then read ahead from there.
             let first_end = (offset + (end - offset).max(MIN_RANDOM_READ)).min(self.size);
-            let c = self.spawn(offset, first_end);
+            let c = self.spawn(offset, first_end, None);
             self.chunks.push_back(c);
             self.next_fetch = first_end;
         }
@@ -110,7 +126,16 @@ impl Reader {
         while self.next_fetch < target.max(end) {
             let chunk = (self.window / 2).clamp(INITIAL_WINDOW, MAX_CHUNK);
             let stop = (self.next_fetch + chunk).min(self.size);
-            let c = self.spawn(self.next_fetch, stop);
+            let (stop, grant) = match self.budget.try_grant(stop - self.next_fetch) {
+                Some(g) => (stop, Some(g)),
+                // Read-ahead memory is used up: fetch only what this read needs.
+                None if self.next_fetch < end => {
+                    let needed = (end - self.next_fetch).max(MIN_RANDOM_READ);
+                    ((self.next_fetch + needed).min(self.size), None)
+                }
+                None => break,
+            };
+            let c = self.spawn(self.next_fetch, stop, grant);
             self.chunks.push_back(c);
             self.next_fetch = stop;
         }
@@ -188,6 +213,68 @@ impl Drop for Reader {
             if let ChunkData::Pending(t) = c.data {
                 t.abort();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::s3::memory::MemoryStore;
+    use crate::s3::PutOptions;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn store_with(len: usize) -> (Arc<MemoryStore>, Bytes) {
+        let store = Arc::new(MemoryStore::new());
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut v = vec![0u8; len];
+        rng.fill(&mut v);
+        let body = Bytes::from(v);
+        store.insert_object("obj", body.clone(), &PutOptions::default());
+        (store, body)
+    }
+
+    async fn read_all(r: &mut Reader, len: u64, step: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < len {
+            let b = r.read(off, step).await.unwrap();
+            assert!(!b.is_empty());
+            off += b.len() as u64;
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    /// Read-ahead never takes more than its budget, gives it all back, and
+    /// reads stay exact when the budget is small or empty.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_ahead_stays_within_its_budget() {
+        let len = 40 * MIB;
+        let (store, body) = store_with(len as usize);
+        for limit in [0, 3 * MIB, 64 * MIB] {
+            let budget = Budget::new(limit);
+            let mut r = Reader::new(store.clone(), "obj".into(), len, 64 * MIB, budget.clone());
+            let got = read_all(&mut r, len, 128 * 1024).await;
+            assert!(got[..] == body[..], "limit {limit}: bytes differ");
+            assert!(
+                budget.peak() <= limit,
+                "limit {limit}: peak {}",
+                budget.peak()
+            );
+            if limit >= 64 * MIB {
+                assert!(
+                    budget.peak() > 8 * MIB,
+                    "a large budget lets the window grow"
+                );
+            }
+            drop(r);
+            assert_eq!(
+                budget.used(),
+                0,
+                "limit {limit}: read-ahead memory given back"
+            );
         }
     }
 }

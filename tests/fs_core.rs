@@ -5,6 +5,7 @@ mod common;
 
 use bucketfs::fs::{Fs, FsConfig};
 use bucketfs::s3::{BucketClient, Op};
+use bucketfs::upload::budget::Budget;
 use bucketfs::upload::schedule::Schedule;
 use bucketfs::upload::UploadConfig;
 use common::*;
@@ -20,16 +21,16 @@ fn fs_config() -> FsConfig {
         file_mode: 0o644,
         dir_mode: 0o755,
         read_only: false,
-        upload: UploadConfig {
-            schedule: Schedule {
+        upload: UploadConfig::unbounded(
+            Schedule {
                 base: 8 << 20,
                 max_part: 128 << 20,
             },
-            max_in_flight: 4,
-            hold_first_part: true,
-        },
+            4,
+        ),
         metadata_ttl: Duration::from_secs(60),
         max_readahead: 64 << 20,
+        read_budget: Budget::new(64 << 20),
     }
 }
 

@@ -42,6 +42,8 @@ pub enum FsError {
     NotPermitted(&'static str),
     #[error("cross-device: {0}")]
     CrossDevice(&'static str),
+    #[error("out of buffer memory: {0}")]
+    NoBuffers(String),
 }
 
 impl FsError {
@@ -66,6 +68,7 @@ impl FsError {
             FsError::Denied(_) => libc::EACCES,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::CrossDevice(_) => libc::EXDEV,
+            FsError::NoBuffers(_) => libc::ENOBUFS,
         }
     }
 }
@@ -88,6 +91,7 @@ impl From<UploadError> for FsError {
             UploadError::Failed(m) => FsError::Io(m),
             e @ UploadError::IntoSentPart { .. } => FsError::Invalid(e.to_string()),
             e @ UploadError::TooLarge { .. } => FsError::TooLarge(e.to_string()),
+            UploadError::NoMemory(e) => FsError::NoBuffers(e.to_string()),
         }
     }
 }
@@ -116,5 +120,10 @@ mod tests {
             size: 2,
         };
         assert_eq!(FsError::from(e).errno(), libc::EINVAL);
+        let e = UploadError::NoMemory(crate::upload::budget::BudgetError::Timeout {
+            limit: 1,
+            waited: std::time::Duration::from_secs(1),
+        });
+        assert_eq!(FsError::from(e).errno(), libc::ENOBUFS);
     }
 }

@@ -40,6 +40,8 @@ pub struct FsConfig {
     pub metadata_ttl: Duration,
     /// Largest read-ahead window per open file.
     pub max_readahead: u64,
+    /// Memory all read-ahead shares.
+    pub read_budget: Arc<crate::upload::budget::Budget>,
 }
 
 /// File attributes as the kernel wants them (converted in `fuse.rs`).
@@ -626,6 +628,7 @@ impl Fs {
                 inode.key.clone(),
                 inode.size,
                 self.cfg.max_readahead,
+                self.cfg.read_budget.clone(),
             );
             return Ok(self.new_fh(Handle::Read(r)));
         }
@@ -697,9 +700,8 @@ impl Fs {
         let u = w.upload.as_mut().expect("set above");
         if let Err(e) = u.write(offset, data).await {
             tracing::warn!(key = %w.key, offset, len = data.len(), size = u.size(), error = %e, "write refused");
-            if matches!(e, crate::upload::UploadError::Failed(_)) {
-                w.state = WriteState::Failed;
-            }
+            // A refused write dooms the file (the upload says why at close).
+            w.state = WriteState::Failed;
             return Err(e.into());
         }
         let size = u.size();
@@ -762,8 +764,7 @@ impl Fs {
             return Ok(());
         };
         if w.state == WriteState::Failed {
-            // Reported once; the upload was aborted.
-            w.state = WriteState::Done;
+            // Every close of a failed file reports it; the upload is aborted at release.
             return Err(FsError::Io("an earlier write failed".into()));
         }
         if w.state != WriteState::Open {

@@ -58,6 +58,12 @@ impl std::fmt::Debug for Grant {
     }
 }
 
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Budget({} of {} bytes)", self.used(), self.limit)
+    }
+}
+
 impl Budget {
     /// A budget of `limit` bytes.
     pub fn new(limit: u64) -> Arc<Budget> {
@@ -229,8 +235,14 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_makes_the_oldest_held_part_spill() {
         let b = Budget::new(100);
-        let old = Arc::new(Held { asked: AtomicBool::new(false), grant: Mutex::new(b.try_grant(50)) });
-        let young = Arc::new(Held { asked: AtomicBool::new(false), grant: Mutex::new(b.try_grant(50)) });
+        let old = Arc::new(Held {
+            asked: AtomicBool::new(false),
+            grant: Mutex::new(b.try_grant(50)),
+        });
+        let young = Arc::new(Held {
+            asked: AtomicBool::new(false),
+            grant: Mutex::new(b.try_grant(50)),
+        });
         b.register(Arc::downgrade(&old) as Weak<dyn Spill>);
         b.register(Arc::downgrade(&young) as Weak<dyn Spill>);
         let g = b.grant(40, Duration::from_secs(5)).await.unwrap();

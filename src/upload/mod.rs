@@ -11,11 +11,17 @@ pub mod budget;
 pub mod schedule;
 
 use crate::s3::{bare_etag, hex, md5_of, multipart_etag, ObjectStore, PutOptions, S3Error};
+use budget::{Budget, BudgetError, Grant, Spill};
 use bytes::{Bytes, BytesMut};
 use schedule::Schedule;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use tokio::task::JoinSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// How long a writer waits for memory before its write fails (ENOBUFS).
+pub const MEMORY_WAIT: Duration = Duration::from_secs(120);
 
 /// How an upload behaves; shared by every file of a mount.
 #[derive(Debug, Clone)]
@@ -25,6 +31,23 @@ pub struct UploadConfig {
     pub max_in_flight: usize,
     /// Keep part 1 in memory until close so it can be rewritten.
     pub hold_first_part: bool,
+    /// The memory every buffer of the mount comes from.
+    pub budget: Arc<Budget>,
+    /// How long a writer waits for memory before its write fails.
+    pub memory_wait: Duration,
+}
+
+impl UploadConfig {
+    /// A configuration whose budget can never run short (tools, tests).
+    pub fn unbounded(schedule: Schedule, max_in_flight: usize) -> Self {
+        UploadConfig {
+            schedule,
+            max_in_flight,
+            hold_first_part: true,
+            budget: Budget::new(u64::MAX),
+            memory_wait: MEMORY_WAIT,
+        }
+    }
 }
 
 /// Why a write or close failed.
@@ -40,9 +63,12 @@ pub enum UploadError {
     IntoSentPart { offset: u64, part: u32, size: u64 },
     /// The file would exceed what 10,000 parts of the schedule hold.
     #[error(
-        "file would reach {end} bytes; the largest file with this part schedule is {max} bytes"
+        "file would reach {end} bytes; the largest file with this part schedule and --memory-limit is {max} bytes"
     )]
     TooLarge { end: u64, max: u64 },
+    /// The memory budget stayed full for the whole wait.
+    #[error("{0}")]
+    NoMemory(BudgetError),
 }
 
 /// A part that made it to the server.
@@ -62,23 +88,125 @@ pub struct Finished {
     pub parts: u32,
 }
 
+type PartTask = JoinHandle<Result<SentPart, S3Error>>;
+
+/// What the multipart upload's parts need: shared by the writer and a
+/// held part sent early by the budget.
+#[derive(Clone)]
+struct Target {
+    store: Arc<dyn ObjectStore>,
+    key: Arc<str>,
+    opts: PutOptions,
+    /// Created once, by whoever sends a part first.
+    upload_id: Arc<OnceCell<String>>,
+}
+
+impl Target {
+    async fn upload_id(&self) -> Result<String, S3Error> {
+        self.upload_id
+            .get_or_try_init(|| async {
+                let id = self
+                    .store
+                    .create_multipart_upload(&self.key, &self.opts)
+                    .await?;
+                tracing::debug!(key = %self.key, upload_id = %id, "multipart upload created");
+                Ok(id)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Sends one part; its memory is given back when the request ends.
+    async fn send(
+        self,
+        number: u32,
+        body: Bytes,
+        grant: Option<Grant>,
+    ) -> Result<SentPart, S3Error> {
+        let upload_id = self.upload_id().await?;
+        let md5 = md5_of(&body);
+        let etag = self
+            .store
+            .upload_part(&self.key, &upload_id, number, body, md5)
+            .await
+            .map_err(|e| S3Error::Malformed {
+                operation: "UploadPart",
+                detail: format!("part {number}: {e}"),
+            })?;
+        drop(grant);
+        Ok(SentPart { number, etag, md5 })
+    }
+}
+
+enum HeldState {
+    /// Part 1, full, in memory.
+    Held(BytesMut, Option<Grant>),
+    /// Sent early because memory was short; the task ends with the part's ETag.
+    Spilled(PartTask),
+    /// Taken by the writer (at close or to shrink the file).
+    Taken,
+}
+
+/// The held first part, which the budget may ask to be sent early.
+struct HeldPart {
+    state: Mutex<HeldState>,
+    target: Target,
+    rt: tokio::runtime::Handle,
+}
+
+impl HeldPart {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeldState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self) -> HeldState {
+        std::mem::replace(&mut *self.lock(), HeldState::Taken)
+    }
+}
+
+impl Spill for HeldPart {
+    fn spill(&self) {
+        let mut st = self.lock();
+        if !matches!(*st, HeldState::Held(..)) {
+            return;
+        }
+        let HeldState::Held(body, grant) = std::mem::replace(&mut *st, HeldState::Taken) else {
+            unreachable!("checked above");
+        };
+        tracing::info!(key = %self.target.key, bytes = body.len(), "memory short: sending the held first part now; later writes into it will fail");
+        let task = self
+            .rt
+            .spawn(self.target.clone().send(1, body.freeze(), grant));
+        *st = HeldState::Spilled(task);
+    }
+
+    fn holds(&self) -> bool {
+        matches!(*self.lock(), HeldState::Held(..))
+    }
+}
+
 /// One file being written.
 pub struct Upload {
-    store: Arc<dyn ObjectStore>,
-    key: String,
-    opts: PutOptions,
+    target: Target,
     cfg: UploadConfig,
-    /// Part 1, full, held until close.
-    held: Option<BytesMut>,
-    /// The part being filled.
+    /// Part 1, full, held until close (or sent early when memory is short).
+    held: Option<Arc<HeldPart>>,
+    /// The part being filled, and the memory granted for all of it.
     tail: BytesMut,
+    tail_grant: Option<Grant>,
     tail_no: u32,
     tail_start: u64,
-    upload_id: Option<String>,
     in_flight: JoinSet<Result<SentPart, S3Error>>,
     sent: BTreeMap<u32, SentPart>,
     failed: Option<String>,
+    /// A part was handed to a task (the multipart upload exists or is being created).
+    multipart: bool,
+    /// Completed or aborted: the upload ID no longer names a live upload.
+    ended: bool,
 }
+
+/// Bytes the tail asks the allocator for before it knows the file is large.
+const FIRST_ALLOCATION: usize = 256 * 1024;
 
 impl Upload {
     /// Starts an empty file at `key`. Nothing is sent until a part fills or the file closes.
@@ -89,29 +217,35 @@ impl Upload {
         cfg: UploadConfig,
     ) -> Self {
         Upload {
-            store,
-            key,
-            opts,
+            target: Target {
+                store,
+                key: key.into(),
+                opts,
+                upload_id: Arc::new(OnceCell::new()),
+            },
             cfg,
             held: None,
             tail: BytesMut::new(),
+            tail_grant: None,
             tail_no: 1,
             tail_start: 0,
-            upload_id: None,
             in_flight: JoinSet::new(),
             sent: BTreeMap::new(),
             failed: None,
+            multipart: false,
+            ended: false,
         }
     }
 
     /// The key this upload writes.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.target.key
     }
 
-    /// Options (content type, metadata) the object will be created with.
+    /// Options (content type, metadata) the object will be created with;
+    /// they must be set before the first part is sent.
     pub fn options_mut(&mut self) -> &mut PutOptions {
-        &mut self.opts
+        &mut self.target.opts
     }
 
     /// Bytes written so far (the file size).
@@ -124,9 +258,12 @@ impl Upload {
         (self.sent.len(), self.in_flight.len())
     }
 
-    /// The multipart upload ID, once created.
+    /// The multipart upload ID, once created (and until completed or aborted).
     pub fn upload_id(&self) -> Option<&str> {
-        self.upload_id.as_deref()
+        if self.ended {
+            return None;
+        }
+        self.target.upload_id.get().map(String::as_str)
     }
 
     /// Whether an earlier failure doomed this upload.
@@ -134,8 +271,22 @@ impl Upload {
         self.failed.as_deref()
     }
 
+    /// Whether part 1 is held in memory (not sent early).
+    pub fn holds_first_part(&self) -> bool {
+        self.held.as_ref().is_some_and(|h| h.holds())
+    }
+
     fn part1_len(&self) -> u64 {
         self.cfg.schedule.part_size(1)
+    }
+
+    fn refused(&self, offset: u64) -> UploadError {
+        let (part, _) = self.cfg.schedule.part_of(offset).unwrap_or((0, 0));
+        UploadError::IntoSentPart {
+            offset,
+            part,
+            size: self.size(),
+        }
     }
 
     /// Whether bytes [start, end) (all below the current size) are still in memory.
@@ -143,25 +294,31 @@ impl Upload {
         if start >= self.tail_start {
             return Ok(());
         }
-        let p1 = self.part1_len();
         // Part 1 is rewritable when held; the bytes after it must be in the tail.
-        if self.held.is_some() && (end <= p1 || self.tail_start == p1) {
+        let p1 = self.part1_len();
+        if self.holds_first_part() && (end <= p1 || self.tail_start == p1) {
             return Ok(());
         }
-        let (part, _) = self.cfg.schedule.part_of(start).unwrap_or((0, 0));
-        Err(UploadError::IntoSentPart {
-            offset: start,
-            part,
-            size: self.size(),
-        })
+        Err(self.refused(start))
     }
 
     /// Writes `data` at `offset`: appends, rewrites bytes still in memory, or
-    /// zero-fills a forward seek. A write into a part already sent fails.
+    /// zero-fills a forward seek. A write that fails dooms the upload: the
+    /// close reports it and nothing is stored.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), UploadError> {
         if let Some(f) = &self.failed {
             return Err(UploadError::Failed(f.clone()));
         }
+        let r = self.try_write(offset, data).await;
+        if let Err(e) = &r {
+            if self.failed.is_none() {
+                self.failed = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    async fn try_write(&mut self, offset: u64, data: &[u8]) -> Result<(), UploadError> {
         let end = offset + data.len() as u64;
         let max = self.cfg.schedule.max_file_size();
         if end > max {
@@ -176,16 +333,25 @@ impl Upload {
         }
         let mut pos = offset;
         let mut d = data;
-        while pos < self.size() && !d.is_empty() {
-            let (buf, base) = if pos >= self.tail_start {
-                (&mut self.tail, self.tail_start)
-            } else {
-                (self.held.as_mut().expect("checked rewritable"), 0)
+        if pos < self.tail_start && !d.is_empty() {
+            // Into the held first part (checked above; the budget may have
+            // sent it since, which the lock tells).
+            let held = self.held.clone().ok_or_else(|| self.refused(pos))?;
+            let mut st = held.lock();
+            let HeldState::Held(buf, _) = &mut *st else {
+                drop(st);
+                return Err(self.refused(pos));
             };
-            let idx = (pos - base) as usize;
+            let idx = pos as usize;
             let n = d.len().min(buf.len() - idx);
             buf[idx..idx + n].copy_from_slice(&d[..n]);
             pos += n as u64;
+            d = &d[n..];
+        }
+        if pos < self.size() && !d.is_empty() {
+            let idx = (pos - self.tail_start) as usize;
+            let n = d.len().min(self.tail.len() - idx);
+            self.tail[idx..idx + n].copy_from_slice(&d[..n]);
             d = &d[n..];
         }
         self.append(d).await
@@ -193,29 +359,80 @@ impl Upload {
 
     /// Sets the file size: grows with zeros, or shrinks while the cut bytes are still in memory.
     pub async fn truncate(&mut self, new_size: u64) -> Result<(), UploadError> {
+        if let Some(f) = &self.failed {
+            return Err(UploadError::Failed(f.clone()));
+        }
         let size = self.size();
         if new_size >= size {
+            let max = self.cfg.schedule.max_file_size();
+            if new_size > max {
+                return Err(UploadError::TooLarge { end: new_size, max });
+            }
             return self.append_zeros(new_size - size).await;
         }
         if new_size >= self.tail_start {
             self.tail.truncate((new_size - self.tail_start) as usize);
             return Ok(());
         }
-        if self.upload_id.is_none() && self.held.is_some() && self.tail_start == self.part1_len() {
-            let mut first = self.held.take().expect("held");
-            first.truncate(new_size as usize);
-            self.tail = first;
-            self.tail_no = 1;
-            self.tail_start = 0;
-            return Ok(());
+        self.check_rewritable(new_size, size)?;
+        // Back into part 1, which is still held and no part after it was sent.
+        let held = self.held.take().expect("checked rewritable");
+        match held.take() {
+            HeldState::Held(mut first, grant) => {
+                first.truncate(new_size as usize);
+                self.tail = first;
+                self.tail_grant = grant;
+                self.tail_no = 1;
+                self.tail_start = 0;
+                Ok(())
+            }
+            other => {
+                // Sent early in the meantime: put it back and refuse.
+                *held.lock() = other;
+                self.held = Some(held);
+                Err(self.refused(new_size))
+            }
         }
-        self.check_rewritable(new_size, size)
+    }
+
+    /// Makes sure the whole of the tail part is granted before a byte goes in,
+    /// so a writer waiting for memory never sits on a half-filled part.
+    async fn ensure_tail_memory(&mut self, want: usize) -> Result<(), UploadError> {
+        let part = self.cfg.schedule.part_size(self.tail_no) as usize;
+        if self.tail_grant.is_none() {
+            let g = self
+                .cfg
+                .budget
+                .grant(part as u64, self.cfg.memory_wait)
+                .await
+                .map_err(|e| match e {
+                    BudgetError::TooLarge { .. } => UploadError::TooLarge {
+                        end: self.size() + want as u64,
+                        max: self.cfg.schedule.max_file_size(),
+                    },
+                    e => UploadError::NoMemory(e),
+                })?;
+            self.tail_grant = Some(g);
+        }
+        // Small files stay small; once a file outgrows the first allocation,
+        // allocate the whole part at once (no copies while doubling).
+        let need = self.tail.len() + want;
+        if need > self.tail.capacity() {
+            let cap = if need <= FIRST_ALLOCATION {
+                FIRST_ALLOCATION.min(part)
+            } else {
+                part
+            };
+            self.tail.reserve(cap - self.tail.len());
+        }
+        Ok(())
     }
 
     async fn append(&mut self, mut d: &[u8]) -> Result<(), UploadError> {
         while !d.is_empty() {
             let room = self.cfg.schedule.part_size(self.tail_no) as usize - self.tail.len();
             let n = room.min(d.len());
+            self.ensure_tail_memory(n).await?;
             self.tail.extend_from_slice(&d[..n]);
             d = &d[n..];
             self.rotate_if_full().await?;
@@ -227,6 +444,7 @@ impl Upload {
         while n > 0 {
             let room = self.cfg.schedule.part_size(self.tail_no) - self.tail.len() as u64;
             let take = room.min(n);
+            self.ensure_tail_memory(take as usize).await?;
             self.tail.resize(self.tail.len() + take as usize, 0);
             n -= take;
             self.rotate_if_full().await?;
@@ -240,10 +458,18 @@ impl Upload {
             return Ok(());
         }
         let full = std::mem::take(&mut self.tail);
+        let grant = self.tail_grant.take();
         if self.tail_no == 1 && self.cfg.hold_first_part {
-            self.held = Some(full);
+            let held = Arc::new(HeldPart {
+                state: Mutex::new(HeldState::Held(full, grant)),
+                target: self.target.clone(),
+                rt: tokio::runtime::Handle::current(),
+            });
+            let weak: Weak<dyn Spill> = Arc::downgrade(&(held.clone() as Arc<dyn Spill>));
+            self.cfg.budget.register(weak);
+            self.held = Some(held);
         } else {
-            self.send_part(self.tail_no, full.freeze()).await?;
+            self.send_part(self.tail_no, full.freeze(), grant).await?;
         }
         self.tail_no += 1;
         self.tail_start += part_size;
@@ -252,29 +478,11 @@ impl Upload {
 
     fn fail(&mut self, e: impl std::fmt::Display) -> UploadError {
         let msg = e.to_string();
-        tracing::warn!(key = %self.key, error = %msg, "upload failed");
+        tracing::warn!(key = %self.target.key, error = %msg, "upload failed");
         if self.failed.is_none() {
             self.failed = Some(msg.clone());
         }
         UploadError::Failed(msg)
-    }
-
-    async fn ensure_upload(&mut self) -> Result<String, UploadError> {
-        if let Some(id) = &self.upload_id {
-            return Ok(id.clone());
-        }
-        match self
-            .store
-            .create_multipart_upload(&self.key, &self.opts)
-            .await
-        {
-            Ok(id) => {
-                tracing::debug!(key = %self.key, upload_id = %id, "multipart upload created");
-                self.upload_id = Some(id.clone());
-                Ok(id)
-            }
-            Err(e) => Err(self.fail(format!("CreateMultipartUpload: {e}"))),
-        }
     }
 
     /// Records one finished part task; a failed part dooms the upload.
@@ -290,29 +498,25 @@ impl Upload {
         }
     }
 
-    async fn send_part(&mut self, number: u32, body: Bytes) -> Result<(), UploadError> {
-        let upload_id = self.ensure_upload().await?;
+    async fn send_part(
+        &mut self,
+        number: u32,
+        body: Bytes,
+        grant: Option<Grant>,
+    ) -> Result<(), UploadError> {
         while self.in_flight.len() >= self.cfg.max_in_flight.max(1) {
             self.reap_one().await?;
         }
-        let (store, key) = (self.store.clone(), self.key.clone());
-        self.in_flight.spawn(async move {
-            let md5 = md5_of(&body);
-            let etag = store
-                .upload_part(&key, &upload_id, number, body, md5)
-                .await
-                .map_err(|e| S3Error::Malformed {
-                    operation: "UploadPart",
-                    detail: format!("part {number}: {e}"),
-                })?;
-            Ok(SentPart { number, etag, md5 })
-        });
+        self.multipart = true;
+        self.in_flight
+            .spawn(self.target.clone().send(number, body, grant));
         Ok(())
     }
 
     /// Sends what is left and makes the object durable: one PutObject for a
     /// file of at most one part, else the last parts and CompleteMultipartUpload
     /// (its ETag checked). Any failure aborts the upload and is returned.
+    /// Asks no memory of the budget, so a close always makes progress.
     pub async fn finish(mut self) -> Result<Finished, UploadError> {
         let result = self.try_finish().await;
         if result.is_err() {
@@ -326,16 +530,24 @@ impl Upload {
             return Err(UploadError::Failed(f.clone()));
         }
         let size = self.size();
-        if self.upload_id.is_none() && (self.held.is_none() || self.tail.is_empty()) {
-            let body = self
-                .held
-                .take()
-                .unwrap_or_else(|| std::mem::take(&mut self.tail));
+        let first = self.held.take().map(|h| h.take());
+        let created = self.multipart;
+        let single = match &first {
+            None => !created,
+            Some(HeldState::Held(..)) => !created && self.tail.is_empty(),
+            Some(_) => false,
+        };
+        if single {
+            let body = match first {
+                Some(HeldState::Held(b, _)) => b,
+                _ => std::mem::take(&mut self.tail),
+            };
             let body = body.freeze();
             let md5 = md5_of(&body);
             return match self
+                .target
                 .store
-                .put_object(&self.key, body, Some(md5), &self.opts)
+                .put_object(&self.target.key, body, Some(md5), &self.target.opts)
                 .await
             {
                 Ok(etag) => Ok(Finished {
@@ -346,46 +558,63 @@ impl Upload {
                 Err(e) => Err(self.fail(format!("PutObject: {e}"))),
             };
         }
-        if let Some(first) = self.held.take() {
-            self.send_part(1, first.freeze()).await?;
+        match first {
+            Some(HeldState::Held(b, g)) => self.send_part(1, b.freeze(), g).await?,
+            Some(HeldState::Spilled(task)) => {
+                self.in_flight.spawn(async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(S3Error::Malformed {
+                            operation: "UploadPart",
+                            detail: format!("part 1 task: {e}"),
+                        })
+                    })
+                });
+            }
+            Some(HeldState::Taken) | None => {}
         }
         if !self.tail.is_empty() {
             let last = std::mem::take(&mut self.tail).freeze();
-            self.send_part(self.tail_no, last).await?;
+            let g = self.tail_grant.take();
+            self.send_part(self.tail_no, last, g).await?;
         }
         while !self.in_flight.is_empty() {
             self.reap_one().await?;
         }
-        let upload_id = self.ensure_upload().await?;
+        let upload_id = match self.target.upload_id().await {
+            Ok(id) => id,
+            Err(e) => return Err(self.fail(format!("CreateMultipartUpload: {e}"))),
+        };
         let parts: Vec<(u32, String)> = self
             .sent
             .values()
             .map(|p| (p.number, p.etag.clone()))
             .collect();
         let md5s: Vec<[u8; 16]> = self.sent.values().map(|p| p.md5).collect();
+        let key = self.target.key.clone();
         let etag = match self
+            .target
             .store
-            .complete_multipart_upload(&self.key, &upload_id, &parts)
+            .complete_multipart_upload(&key, &upload_id, &parts)
             .await
         {
             Ok(etag) => etag,
             Err(e) => return Err(self.fail(format!("CompleteMultipartUpload: {e}"))),
         };
         // The upload is gone on the server now: nothing left to abort.
-        self.upload_id = None;
+        self.ended = true;
         let expected = multipart_etag(&md5s);
         let got = bare_etag(&etag);
         if got != expected {
             if looks_like_multipart_etag(&got)
-                && crate::s3::Sse::etag_is_md5(self.opts.sse.as_ref())
+                && crate::s3::Sse::etag_is_md5(self.target.opts.sse.as_ref())
             {
-                tracing::error!(key = %self.key, expected, got, "completed object has the wrong ETag; deleting it");
-                let _ = self.store.delete_object(&self.key).await;
+                tracing::error!(key = %key, expected, got, "completed object has the wrong ETag; deleting it");
+                let _ = self.target.store.delete_object(&key).await;
                 return Err(self.fail(format!(
                     "ETag mismatch after Complete: expected {expected}, got {got}"
                 )));
             }
-            tracing::info!(key = %self.key, etag = %got, "ETag format not judged (vendor or encryption)");
+            tracing::info!(key = %key, etag = %got, "ETag format not judged (vendor or encryption)");
         }
         Ok(Finished {
             etag,
@@ -399,16 +628,26 @@ impl Upload {
     pub async fn abort(&mut self) {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
-        if let Some(id) = self.upload_id.take() {
-            match self.store.abort_multipart_upload(&self.key, &id).await {
-                Ok(()) => tracing::info!(key = %self.key, upload_id = %id, "upload aborted"),
-                Err(e) => {
-                    tracing::warn!(key = %self.key, upload_id = %id, error = %e, "abort failed; the upload is left on the server")
+        // A part sent early may be creating the upload: let it end, so its ID is known.
+        if let Some(held) = self.held.take() {
+            if let HeldState::Spilled(task) = held.take() {
+                let _ = task.await;
+            }
+        }
+        if !self.ended {
+            self.ended = true;
+            if let Some(id) = self.target.upload_id.get() {
+                let key = &self.target.key;
+                match self.target.store.abort_multipart_upload(key, id).await {
+                    Ok(()) => tracing::info!(key = %key, upload_id = %id, "upload aborted"),
+                    Err(e) => {
+                        tracing::warn!(key = %key, upload_id = %id, error = %e, "abort failed; the upload is left on the server")
+                    }
                 }
             }
         }
-        self.held = None;
         self.tail = BytesMut::new();
+        self.tail_grant = None;
         if self.failed.is_none() {
             self.failed = Some("aborted".into());
         }

@@ -5,18 +5,18 @@ use super::*;
 use crate::s3::memory::MemoryStore;
 use crate::s3::{hex, Op};
 use std::time::Duration;
+use tokio::task::JoinSet;
 
 const MIB: usize = 1024 * 1024;
 
 fn cfg(base: usize, in_flight: usize) -> UploadConfig {
-    UploadConfig {
-        schedule: Schedule {
+    UploadConfig::unbounded(
+        Schedule {
             base: base as u64,
             max_part: 128 * MIB as u64,
         },
-        max_in_flight: in_flight,
-        hold_first_part: true,
-    }
+        in_flight,
+    )
 }
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -141,10 +141,9 @@ async fn parts_in_flight_are_bounded() {
 }
 
 /// Part 1 stays in memory until close: bytes 8..24 rewritten after 20 MiB
-/// were written land exactly; a write into a part already sent is refused
-/// and the upload still ends cleanly.
+/// were written land exactly.
 #[tokio::test]
-async fn rewrites_into_the_held_first_part_and_refusal_after_sending() {
+async fn rewrites_into_the_held_first_part_land() {
     let store = Arc::new(MemoryStore::new());
     let mut u = upload(&store, "mp4", cfg(5 * MIB, 2));
     let mut body = data(20 * MIB, 4);
@@ -152,14 +151,147 @@ async fn rewrites_into_the_held_first_part_and_refusal_after_sending() {
     let patch = [0xAB; 16];
     u.write(8, &patch).await.unwrap();
     body[8..24].copy_from_slice(&patch);
-    // Part 2 (5..10 MiB) has been sent: refused.
+    let f = u.finish().await.unwrap();
+    assert_eq!(f.parts, 4);
+    assert!(store.object("mp4").unwrap().body[..] == body[..]);
+}
+
+/// A write into a part already sent is refused (EINVAL upstairs) and dooms
+/// the upload: close fails, the multipart upload is aborted, nothing is
+/// stored, so no object silently lacks the refused bytes.
+#[tokio::test]
+async fn a_write_into_a_sent_part_is_refused_and_the_upload_ends_cleanly() {
+    let store = Arc::new(MemoryStore::new());
+    let mut u = upload(&store, "mp4", cfg(5 * MIB, 2));
+    u.write(0, &data(20 * MIB, 4)).await.unwrap();
+    // Part 2 (5..10 MiB) has been sent.
     let e = u.write(6 * MIB as u64, b"late").await.unwrap_err();
     assert!(
-        matches!(e, UploadError::IntoSentPart { part: 2, .. }),
+        matches!(e, UploadError::IntoSentPart { part: 2, offset, .. } if offset == 6 * MIB as u64),
         "{e}"
     );
-    u.finish().await.unwrap();
-    assert!(store.object("mp4").unwrap().body[..] == body[..]);
+    assert!(u.upload_id().is_some(), "parts were sent");
+    // Later writes fail too; close reports it.
+    assert!(u.write(20 * MIB as u64, b"more").await.is_err());
+    assert!(u.finish().await.is_err());
+    assert!(store.object("mp4").is_none());
+    assert!(store.uploads().is_empty(), "aborted on the server");
+}
+
+fn budgeted(base: usize, in_flight: usize, limit: usize) -> UploadConfig {
+    let mut c = cfg(base, in_flight);
+    c.budget = budget::Budget::new(limit as u64);
+    c.schedule.max_part = (limit - base) as u64;
+    c.memory_wait = Duration::from_secs(30);
+    c
+}
+
+/// Eight writers share a budget of four parts while the store is slow: the
+/// bytes granted (and the bytes in flight at the store) never pass the
+/// budget, every object lands byte-exact, and all memory comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_bounds_buffered_bytes() {
+    let store = Arc::new(MemoryStore::new());
+    store.delay(Op::UploadPart, Duration::from_millis(30));
+    let limit = 4 * 5 * MIB;
+    let c = budgeted(5 * MIB, 3, limit);
+    let budget = c.budget.clone();
+    let mut tasks = JoinSet::new();
+    for i in 0..8u64 {
+        let mut u = upload(&store, &format!("f{i}"), c.clone());
+        tasks.spawn(async move {
+            let body = data(23 * MIB + i as usize * 1000, i);
+            for chunk in body.chunks(MIB / 2) {
+                let off = u.size();
+                u.write(off, chunk).await.unwrap();
+            }
+            u.finish().await.unwrap();
+            body
+        });
+    }
+    let mut bodies = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        bodies.push(r.unwrap());
+    }
+    assert!(budget.peak() <= limit as u64, "peak {}", budget.peak());
+    assert!(budget.peak() >= 2 * 5 * MIB as u64, "the budget was used");
+    assert!(store.peak_bytes_in_flight() <= limit as u64);
+    assert_eq!(budget.used(), 0, "every grant given back");
+    for i in 0..8u64 {
+        let got = store.object(&format!("f{i}")).unwrap().body;
+        assert!(bodies.iter().any(|b| b[..] == got[..]), "f{i} byte-exact");
+    }
+    assert!(store.uploads().is_empty());
+}
+
+/// When memory is short, a held first part is sent early (oldest first) so
+/// the waiting writer goes on; a later rewrite of that part is refused, and
+/// the spilled file still completes when not rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_memory_sends_held_first_parts_oldest_first() {
+    let store = Arc::new(MemoryStore::new());
+    // Room for three 5 MiB parts.
+    let c = budgeted(5 * MIB, 2, 15 * MIB);
+    let budget = c.budget.clone();
+    let mut old = upload(&store, "old", c.clone());
+    let mut young = upload(&store, "young", c.clone());
+    let old_body = data(6 * MIB, 1);
+    old.write(0, &old_body).await.unwrap(); // held part 1 + 1 MiB of tail: 10 MiB
+    young.write(0, &data(MIB, 2)).await.unwrap(); // 5 MiB tail: 15 MiB
+    assert!(old.holds_first_part() && budget.used() == 15 * MIB as u64);
+    let mut third = upload(&store, "third", c.clone());
+    // Waits for memory; "old"'s held part is sent, which frees it.
+    let third_body = data(2 * MIB, 3);
+    third.write(0, &third_body).await.unwrap();
+    assert!(!old.holds_first_part(), "the oldest held part was sent");
+    let e = old.write(8, b"patch").await.unwrap_err();
+    assert!(
+        matches!(e, UploadError::IntoSentPart { part: 1, .. }),
+        "{e}"
+    );
+    assert!(old.finish().await.is_err());
+    assert!(store.object("old").is_none());
+    third.finish().await.unwrap();
+    young.finish().await.unwrap();
+    assert!(store.object("third").unwrap().body[..] == third_body[..]);
+    assert!(store.uploads().is_empty());
+
+    // Not rewritten, a spilled file completes.
+    let mut a = upload(&store, "a", c.clone());
+    let a_body = data(7 * MIB, 4);
+    a.write(0, &a_body).await.unwrap();
+    let mut b = upload(&store, "b", c.clone());
+    b.write(0, &data(MIB, 5)).await.unwrap();
+    let mut c3 = upload(&store, "c", c.clone());
+    c3.write(0, b"x").await.unwrap();
+    assert!(!a.holds_first_part());
+    a.finish().await.unwrap();
+    b.finish().await.unwrap();
+    c3.finish().await.unwrap();
+    assert!(store.object("a").unwrap().body[..] == a_body[..]);
+    assert_eq!(budget.used(), 0);
+}
+
+/// Memory that never comes back ends the wait with NoMemory (ENOBUFS), and
+/// the doomed file stores nothing.
+#[tokio::test]
+async fn a_full_budget_ends_the_wait_with_an_error() {
+    let store = Arc::new(MemoryStore::new());
+    let mut c = budgeted(5 * MIB, 2, 10 * MIB);
+    c.memory_wait = Duration::from_millis(50);
+    c.hold_first_part = false;
+    let mut a = upload(&store, "a", c.clone());
+    let mut b = upload(&store, "b", c.clone());
+    a.write(0, b"a").await.unwrap();
+    b.write(0, b"b").await.unwrap();
+    let mut late = upload(&store, "late", c.clone());
+    let e = late.write(0, b"x").await.unwrap_err();
+    assert!(matches!(e, UploadError::NoMemory(_)), "{e}");
+    assert!(e.to_string().contains("--memory-limit"), "{e}");
+    assert!(late.finish().await.is_err());
+    assert!(store.object("late").is_none());
+    a.finish().await.unwrap();
+    b.finish().await.unwrap();
 }
 
 /// A forward seek past the end zero-fills the gap (cp over sparse files).

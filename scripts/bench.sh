@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# A benchmark, not a test: bucketfs against s3fs, rclone mount and direct
+# boto3 on one throw-away Garage, in one run, so the ratios compare.
+#
+#   scripts/bench.sh [--quick] [--only bucketfs,s3fs,rclone,boto3] [--no-3g]
+#
+# Workloads (each in a fresh mount, page cache dropped first):
+#   write 1G   cp of a 1 GiB file into the mount  (boto3: upload_file, 8 MiB parts, 4 threads)
+#   read 1G    cat of it to /dev/null             (boto3: download_fileobj, 8 MiB ranges, 4 threads)
+#   cp -r      cp -r of 500 files of 4 KiB
+#   rsync -a   rsync -a of the same 500 files
+#   write 3G   bucketfs only: peak RSS against the 1 GiB copy
+#   bucketfs-signed: the 1 GiB write again with --payload-signing signed
+#   (SHA-256 of every body) against the default UNSIGNED-PAYLOAD + Content-MD5
+# BUCKETFS_BENCH_ARGS adds arguments to every bucketfs mount (e.g. to try
+# --max-parts-in-flight 8).
+# For each: wall seconds, ratio to the fastest, the daemon's CPU seconds and
+# peak RSS (VmHWM), the most bytes of local files it held (sampled from
+# /proc/PID/fd every 0.1 s), and whether S3 shows the expected objects.
+# Prints one markdown table (paste it into docs/BENCHMARKS.md).
+#
+# Needs: fuse3, s3fs, rclone (apt-get install fuse3 s3fs rclone rsync); root
+# (to drop the page cache). --quick uses 256 MiB instead of 1 GiB.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$BUCKETFS_REPO"
+
+only="bucketfs,bucketfs-signed,s3fs,rclone,boto3"
+big=$((1024 * 1024 * 1024))
+three_g=1
+while (($#)); do
+    case "$1" in
+        --quick) big=$((256 * 1024 * 1024)) ;;
+        --only) only="$2"; shift ;;
+        --no-3g) three_g="" ;;
+        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+    shift
+done
+wants() { [[ ",$only," == *",$1,"* ]]; }
+for t in s3fs rclone; do
+    if wants "$t" && ! command -v "$t" >/dev/null; then
+        die "$t is not installed (apt-get install $t), or leave it out with --only"
+    fi
+done
+
+log "building bucketfs (release)"
+cargo build --release --quiet
+bin="$BUCKETFS_REPO/target/release/bucketfs"
+scripts/garage.sh install >/dev/null
+ensure_venv
+py() { "$BUCKETFS_PYTHON" "$BUCKETFS_REPO/scripts/bench_boto3.py" "$@"; }
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/bucketfs-bench.XXXXXX")"
+state="$work/garage"
+mnt="$work/mnt"
+src="$work/src"
+results="$work/results"
+mkdir -p "$state" "$mnt" "$src/small"
+daemon_pid=""
+cleanup() {
+    if [[ -n "$daemon_pid" ]]; then
+        fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
+        kill "$daemon_pid" 2>/dev/null || true
+    fi
+    scripts/garage.sh stop "$state" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+scripts/garage.sh start "$state" >/dev/null
+# shellcheck source=/dev/null
+source "$state/env"
+log "garage at $AWS_ENDPOINT_URL; work dir $work"
+
+log "making the source files"
+head -c "$big" /dev/urandom >"$src/big"
+if [[ -n "$three_g" ]] && wants bucketfs; then
+    for _ in 1 2 3; do cat "$src/big"; done >"$src/big3"
+fi
+for i in $(seq -w 1 500); do head -c 4096 /dev/urandom >"$src/small/f$i"; done
+
+mounted() { grep -q " $mnt " /proc/self/mountinfo; }
+
+# start_daemon TOOL BUCKET: mounts BUCKET at $mnt in the foreground (in the
+# background of this script) and sets daemon_pid.
+start_daemon() {
+    local tool="$1" bucket="$2"
+    case "$tool" in
+        bucketfs | bucketfs-signed)
+            local extra=()
+            [[ "$tool" == bucketfs-signed ]] && extra=(--payload-signing signed)
+            # shellcheck disable=SC2086 # word splitting of the extra arguments is wanted
+            "$bin" mount "$bucket" "$mnt" --foreground "${extra[@]}" ${BUCKETFS_BENCH_ARGS:-} 2>"$work/$tool.log" &
+            ;;
+        s3fs)
+            printf '%s:%s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$work/s3fs.passwd"
+            chmod 600 "$work/s3fs.passwd"
+            s3fs "$bucket" "$mnt" -f -o "passwd_file=$work/s3fs.passwd" \
+                -o "url=$AWS_ENDPOINT_URL" -o use_path_request_style -o endpoint=us-east-1 \
+                2>"$work/$tool.log" &
+            ;;
+        rclone)
+            RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other \
+                RCLONE_CONFIG_G_ENDPOINT="$AWS_ENDPOINT_URL" RCLONE_CONFIG_G_REGION=us-east-1 \
+                RCLONE_CONFIG_G_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
+                RCLONE_CONFIG_G_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
+                RCLONE_CONFIG_G_FORCE_PATH_STYLE=true \
+                rclone mount "g:$bucket" "$mnt" --vfs-cache-mode off 2>"$work/$tool.log" &
+            ;;
+    esac
+    daemon_pid=$!
+    local deadline=$((SECONDS + 30))
+    until mounted && ls "$mnt" >/dev/null 2>&1; do
+        pid_alive "$daemon_pid" || { cat "$work/$tool.log" >&2; die "$tool exited before mounting"; }
+        ((SECONDS < deadline)) || die "$tool did not mount within 30 s"
+        sleep 0.1
+    done
+}
+
+stop_daemon() {
+    fusermount3 -u "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null || true
+    local deadline=$((SECONDS + 60))
+    while pid_alive "$daemon_pid" && ((SECONDS < deadline)); do sleep 0.1; done
+    pid_alive "$daemon_pid" && kill -9 "$daemon_pid" 2>/dev/null
+    wait "$daemon_pid" 2>/dev/null || true
+    daemon_pid=""
+}
+
+# sample PID OUT: until killed, records in OUT the most bytes of regular
+# local files (deleted ones too) PID holds open.
+sample() {
+    local pid="$1" out="$2" max=0 sum fd kind blocks bsize
+    echo 0 >"$out"
+    while pid_alive "$pid"; do
+        sum=0
+        for fd in /proc/"$pid"/fd/*; do
+            read -r kind blocks bsize < <(stat -L -c '%F %b %B' "$fd" 2>/dev/null | sed 's/regular empty file/regular/; s/regular file/regular/') || continue
+            [[ "$kind" == regular ]] && sum=$((sum + blocks * bsize))
+        done
+        if ((sum > max)); then max=$sum; echo "$max" >"$out"; fi
+        sleep 0.1
+    done
+}
+
+cpu_seconds() { # utime + stime of PID, in seconds
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"
+}
+vm_hwm_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+
+now() { date +%s.%N; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
+
+# record WORKLOAD TOOL SECONDS CPU HWM_MIB LOCAL_BYTES CHECK
+record() { echo "$*" >>"$results"; }
+
+# mount_run TOOL BUCKET WORKLOAD CHECK_CMD -- COMMAND...: runs COMMAND (in
+# $mnt) against a fresh mount and records it.
+mount_run() {
+    local tool="$1" bucket="$2" workload="$3" check="$4"
+    shift 5
+    drop_caches
+    start_daemon "$tool" "$bucket"
+    sample "$daemon_pid" "$work/local" &
+    local sampler=$! t0 t1 ok=ok
+    t0="$(now)"
+    if ! (cd "$mnt" && "$@") >"$work/out" 2>&1; then
+        ok="FAILED: $(head -c 200 "$work/out" | tr '\n' ' ')"
+    fi
+    t1="$(now)"
+    local cpu hwm
+    cpu="$(cpu_seconds "$daemon_pid")"
+    hwm="$(vm_hwm_mib "$daemon_pid")"
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    stop_daemon
+    if [[ "$ok" == ok ]] && ! eval "$check"; then ok="wrong objects"; fi
+    record "$workload|$tool|$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')|$cpu|$hwm|$(cat "$work/local")|$ok"
+    log "$workload $tool: $(tail -n1 "$results")"
+}
+
+big_ok() { [[ "$(py size "$1" big)" == "$big" ]]; }
+small_ok() { [[ "$(py count "$1" "$2/")" == 500 ]]; }
+
+if wants bucketfs-signed; then
+    py mb bench-signed
+    mount_run bucketfs-signed bench-signed "write 1G" "big_ok bench-signed" -- cp "$src/big" big
+fi
+
+for tool in bucketfs s3fs rclone; do
+    wants "$tool" || continue
+    b="bench-$tool"
+    py mb "$b"
+    mount_run "$tool" "$b" "write 1G" "big_ok $b" -- cp "$src/big" big
+    mount_run "$tool" "$b" "read 1G" true -- sh -c 'cat big >/dev/null'
+    mount_run "$tool" "$b" "cp -r 500x4K" "small_ok $b cpr" -- cp -r "$src/small" cpr
+    mount_run "$tool" "$b" "rsync -a 500x4K" "small_ok $b rs" -- rsync -a "$src/small/" rs/
+    if [[ "$tool" == bucketfs && -n "$three_g" ]]; then
+        mount_run "$tool" "$b" "write 3G" "[[ \"\$(py size $b big3)\" == $((3 * big)) ]]" -- cp "$src/big3" big3
+    fi
+done
+
+if wants boto3; then
+    py mb bench-boto3
+    drop_caches
+    read -r secs cpu rss < <(py put bench-boto3 big "$src/big")
+    ok=ok; big_ok bench-boto3 || ok="wrong object"
+    record "write 1G|boto3|$secs|$cpu|$((rss / 1024))|0|$ok"
+    read -r secs cpu rss < <(py get bench-boto3 big)
+    record "read 1G|boto3|$secs|$cpu|$((rss / 1024))|0|ok"
+fi
+
+label="$((big / 1024 / 1024)) MiB"
+echo
+echo "bucketfs $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+changes'), $(date -u +%Y-%m-%d), $(nproc) cores, one local Garage; 1G = $label"
+echo
+echo "| workload | tool | seconds | × fastest | daemon CPU s | peak RSS MiB | local file bytes | S3 check |"
+echo "|---|---|---|---|---|---|---|---|"
+awk -F'|' '
+    { w[NR] = $1; line[NR] = $0; s = $3 + 0
+      if ($7 == "ok" && (!($1 in best) || s < best[$1])) best[$1] = s }
+    END {
+      for (i = 1; i <= NR; i++) {
+        split(line[i], f, "|")
+        ratio = (f[7] == "ok" && best[f[1]] > 0) ? sprintf("%.2f", f[3] / best[f[1]]) : "-"
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], ratio, f[4], f[5], f[6], f[7]
+      }
+    }' <(sed 's/write 1G|/write 1G|/' "$results" | sort -s -t'|' -k1,1)

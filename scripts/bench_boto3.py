@@ -1,0 +1,78 @@
+"""Helper of scripts/bench.sh: the direct boto3 baseline and S3-side checks.
+
+    bench_boto3.py mb BUCKET                 create a bucket
+    bench_boto3.py put BUCKET KEY FILE       multipart upload, 8 MiB parts, 4 threads
+    bench_boto3.py get BUCKET KEY            download to nowhere, 8 MiB ranges, 4 threads
+    bench_boto3.py size BUCKET KEY           print the object's size (or -1)
+    bench_boto3.py count BUCKET PREFIX       print how many objects are under PREFIX
+
+put and get print "<seconds> <cpu seconds> <peak rss KiB>". Endpoint and
+credentials come from the AWS_* environment, as for any boto3 program.
+"""
+
+import os
+import resource
+import sys
+import time
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+MIB = 1024 * 1024
+TRANSFER = TransferConfig(
+    multipart_threshold=8 * MIB,
+    multipart_chunksize=8 * MIB,
+    max_concurrency=4,
+    use_threads=True,
+)
+
+
+def client():
+    return boto3.client(
+        "s3",
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=8),
+    )
+
+
+class Sink:
+    def write(self, b):
+        return len(b)
+
+
+def report(start):
+    took = time.monotonic() - start
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"{took:.3f} {ru.ru_utime + ru.ru_stime:.2f} {ru.ru_maxrss}")
+
+
+def main(argv):
+    cmd, args = argv[1], argv[2:]
+    s3 = client()
+    if cmd == "mb":
+        s3.create_bucket(Bucket=args[0])
+    elif cmd == "put":
+        start = time.monotonic()
+        s3.upload_file(args[2], args[0], args[1], Config=TRANSFER)
+        report(start)
+    elif cmd == "get":
+        start = time.monotonic()
+        s3.download_fileobj(args[0], args[1], Sink(), Config=TRANSFER)
+        report(start)
+    elif cmd == "size":
+        try:
+            print(s3.head_object(Bucket=args[0], Key=args[1])["ContentLength"])
+        except s3.exceptions.ClientError:
+            print(-1)
+    elif cmd == "count":
+        n = 0
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=args[0], Prefix=args[1]):
+            n += page.get("KeyCount", 0)
+        print(n)
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,224 @@
+//! The buffer model through a real mount on Garage: a tiny memory budget
+//! with one FUSE thread, writes that seek back, sparse copies, refused
+//! writes and the largest-file limit. Objects are checked through S3 itself.
+
+mod common;
+
+use bucketfs::s3::*;
+use common::mount::Mounted;
+use common::*;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1024 * 1024;
+
+/// close(2) with its result (dropping a File ignores it).
+fn close(f: File) -> std::io::Result<()> {
+    let fd = f.into_raw_fd();
+    // SAFETY: fd was just released by the File and is closed once.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Polls S3 until no multipart upload is left under `prefix` (release runs
+/// after close returns).
+async fn no_uploads_left(c: &Client, b: &str, prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ups = c.list_uploads(b, prefix).await.unwrap();
+        if ups.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "uploads left behind: {ups:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// 32 writers at once, one FUSE thread, a write budget of three 5 MiB parts:
+/// every writer finishes (no deadlock: requests are answered from tasks and
+/// held first parts are sent when memory is short), every object is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_writers_finish_under_a_budget_of_three_parts_with_one_fuse_thread() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    // 20 MiB: 15 MiB for writes (three parts), 5 MiB for read-ahead.
+    let m = Mounted::new(
+        &b,
+        &[
+            "--fuse-threads",
+            "1",
+            "--part-size",
+            "5MiB",
+            "--memory-limit",
+            "20MiB",
+        ],
+        &[],
+    );
+    let threads: Vec<_> = (0..32u64)
+        .map(|i| {
+            let path = m.path(&format!("w{i:02}.bin"));
+            std::thread::spawn(move || {
+                let body = data(11 * MIB + i as usize * 4096, 500 + i);
+                let mut f = File::create(&path).unwrap();
+                for chunk in body.chunks(MIB) {
+                    f.write_all(chunk).unwrap();
+                }
+                close(f).unwrap();
+                body
+            })
+        })
+        .collect();
+    let bodies: Vec<Vec<u8>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        let key = format!("w{i:02}.bin");
+        let g = c.get_object(&b, &key, None, None).await.unwrap();
+        assert!(g.body[..] == body[..], "{key}: bucket bytes differ");
+        assert!(bare_etag(&g.etag).ends_with("-3"), "{key}: {}", g.etag);
+    }
+    assert!(
+        m.log()
+            .contains("memory short: sending the held first part now"),
+        "the budget was short, so held parts were sent early:\n{}",
+        m.log()
+    );
+    no_uploads_left(&c, &b, "").await;
+}
+
+/// An MP4-style writer: 20 MiB written, then bytes 8..24 patched before close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_8_to_24_rewritten_before_close_are_stored() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    let mut body = data(20 * MIB, 8);
+    let f = File::create(m.path("movie.mp4")).unwrap();
+    f.write_all_at(&body, 0).unwrap();
+    let patch = *b"mdat-size-patch!";
+    f.write_all_at(&patch, 8).unwrap();
+    body[8..24].copy_from_slice(&patch);
+    close(f).unwrap();
+    let g = c.get_object(&b, "movie.mp4", None, None).await.unwrap();
+    assert!(g.body[..] == body[..], "bucket bytes differ");
+    assert!(bare_etag(&g.etag).ends_with("-3"), "{}", g.etag);
+}
+
+/// GNU cp --sparse=always seeks over the hole and sets the size with
+/// ftruncate: the zeros are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cp_sparse_always_of_a_file_with_a_hole_is_stored_exactly() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("sparse.img");
+    let mut body = vec![0u8; 40 * MIB];
+    let head = data(MIB, 1);
+    let tail = data(MIB / 2, 2);
+    body[..MIB].copy_from_slice(&head);
+    body[30 * MIB..30 * MIB + MIB / 2].copy_from_slice(&tail);
+    {
+        let f = File::create(&src).unwrap();
+        f.write_all_at(&head, 0).unwrap();
+        f.write_all_at(&tail, 30 * MIB as u64).unwrap();
+        f.set_len(40 * MIB as u64).unwrap();
+    }
+    let out = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&src)
+        .arg(m.path("sparse.img"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cp: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log()
+    );
+    let g = c.get_object(&b, "sparse.img", None, None).await.unwrap();
+    assert_eq!(g.body.len(), 40 * MIB);
+    assert!(g.body[..] == body[..], "bucket bytes differ");
+}
+
+/// A write into a part already sent gets EINVAL (logged with file and
+/// offset); the upload is aborted, close reports it, nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_into_a_sent_part_is_einval_and_stores_nothing() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    let f = File::create(m.path("late.bin")).unwrap();
+    f.write_all_at(&data(20 * MIB, 3), 0).unwrap();
+    // Part 2 (8..16 MiB) leaves as soon as it is full; wait until the server has it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ups = c.list_uploads(&b, "late.bin").await.unwrap();
+        if let Some(u) = ups.first() {
+            if !c
+                .list_parts(&b, &u.key, &u.upload_id, None)
+                .await
+                .unwrap()
+                .is_empty()
+            {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "part 2 never reached the server");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e = f.write_all_at(b"too late", 9 * MIB as u64).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    let e = close(f).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let log = m.log();
+    assert!(
+        log.contains("late.bin") && log.contains(&format!("offset {}", 9 * MIB)),
+        "the log names file and offset:\n{log}"
+    );
+    assert!(c
+        .head_object(&b, "late.bin")
+        .await
+        .unwrap_err()
+        .is_not_found());
+    no_uploads_left(&c, &b, "late.bin").await;
+    // Gone from the mount too, once the kernel's entry cache (--metadata-ttl 1s) expires.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.path("late.bin").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the failed file stays in the mount"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The largest file follows from --memory-limit: a write past it gets EFBIG
+/// and a log line naming the flag to raise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_past_the_largest_file_is_efbig_naming_the_flag() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    // 20 MiB: parts of 5 MiB growing to 10 MiB, about 95 GiB in 10,000 parts.
+    let m = Mounted::new(&b, &["--part-size", "5MiB", "--memory-limit", "20MiB"], &[]);
+    let f = File::create(m.path("huge.bin")).unwrap();
+    f.write_all_at(b"start", 0).unwrap();
+    let e = f.write_all_at(b"x", 100 << 30).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EFBIG), "{e}");
+    assert!(close(f).is_err(), "the file failed");
+    let log = m.log();
+    assert!(
+        log.contains("huge.bin") && log.contains("--memory-limit"),
+        "{log}"
+    );
+    assert!(c
+        .head_object(&b, "huge.bin")
+        .await
+        .unwrap_err()
+        .is_not_found());
+}
