@@ -4,7 +4,7 @@
     bench_boto3.py put BUCKET KEY FILE       multipart upload, 8 MiB parts, 4 threads
     bench_boto3.py get BUCKET KEY            download to nowhere, 8 MiB ranges, 4 threads
     bench_boto3.py size BUCKET KEY           print the object's size (or -1)
-    bench_boto3.py count BUCKET PREFIX       print how many objects are under PREFIX
+    bench_boto3.py count BUCKET PREFIX       print how many objects (not directory markers) are under PREFIX
 
 put and get print "<seconds> <cpu seconds> <peak rss KiB>". Endpoint and
 credentials come from the AWS_* environment, as for any boto3 program.
@@ -68,7 +68,7 @@ def main(argv):
     elif cmd == "count":
         n = 0
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=args[0], Prefix=args[1]):
-            n += page.get("KeyCount", 0)
+            n += sum(1 for o in page.get("Contents", []) if not o["Key"].endswith("/"))
         print(n)
     else:
         sys.exit(f"unknown command {cmd}")
