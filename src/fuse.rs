@@ -195,17 +195,22 @@ impl Filesystem for FuseFs {
     fn rename(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        let flags = flags.bits();
         run!(
             self,
             reply,
-            |fs: Arc<Fs>| async move { fs.rename().await },
+            |fs: Arc<Fs>| async move {
+                fs.rename(parent.0, &name, newparent.0, &newname, flags)
+                    .await
+            },
             |()| reply.ok()
         );
     }

@@ -156,6 +156,26 @@ impl InodeTable {
         self.children.remove(&(parent, name.to_string()))
     }
 
+    /// Moves a file's name to `newparent`/`newname` (its key follows);
+    /// returns the inode that name had before, now forgotten.
+    pub fn move_child(
+        &mut self,
+        parent: u64,
+        name: &str,
+        newparent: u64,
+        newname: &str,
+    ) -> Option<u64> {
+        let pkey = self.inodes.get(&newparent)?.key.clone();
+        let ino = self.children.remove(&(parent, name.to_string()))?;
+        let replaced = self.children.insert((newparent, newname.to_string()), ino);
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.parent = newparent;
+            i.name = newname.to_string();
+            i.key = format!("{pkey}{newname}");
+        }
+        replaced.filter(|r| *r != ino)
+    }
+
     /// Children known locally that are not stored yet or being written (they
     /// must show in listings and keep a directory non-empty).
     pub fn local_children(&self, parent: u64) -> Vec<&Inode> {

@@ -8,7 +8,7 @@ pub mod error;
 pub mod inode;
 
 use crate::prefetch::Reader;
-use crate::s3::{ObjectStore, PutOptions};
+use crate::s3::{MetadataDirective, ObjectStore, PutOptions};
 use crate::upload::{Upload, UploadConfig};
 pub use error::{FsError, FsResult};
 use inode::{Inode, InodeTable, Kind, ROOT};
@@ -919,11 +919,80 @@ impl Fs {
         Ok(())
     }
 
-    /// rename is not supported yet: EXDEV makes `mv` and rsync fall back to copy and unlink.
-    pub async fn rename(&self) -> FsResult<()> {
-        Err(FsError::CrossDevice(
-            "rename is done by copy and delete in the caller",
-        ))
+    /// Renames a stored file: CopyObject to the new key (metadata kept),
+    /// then DeleteObject of the old one; an existing target file is
+    /// replaced unless `RENAME_NOREPLACE`. Directories, files over 5 GiB
+    /// (CopyObject's limit) and `RENAME_EXCHANGE` get `EXDEV`/`EINVAL`, so
+    /// `mv` falls back to copying.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        self.writable()?;
+        let name = check_name(name)?;
+        let newname = check_name(newname)?;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return Err(FsError::Invalid("RENAME_EXCHANGE is not supported".into()));
+        }
+        let src = self.lookup(parent, OsStr::new(name)).await?;
+        let src = self.inode(src.ino)?;
+        if src.kind == Kind::Dir {
+            return Err(FsError::CrossDevice(
+                "directory rename is left to mv's copy fallback",
+            ));
+        }
+        if src.local || src.writer.is_some() {
+            tracing::warn!(key = %src.key, "rename of a file still being written refused");
+            return Err(FsError::Busy("file is being written"));
+        }
+        let dst_key = format!("{}{newname}", self.dir_key(newparent)?);
+        match self.lookup(newparent, OsStr::new(newname)).await {
+            Ok(_) if flags & libc::RENAME_NOREPLACE != 0 => return Err(FsError::Exists),
+            Ok(a) if a.kind == Kind::Dir => return Err(FsError::IsDir),
+            Ok(a) => {
+                let t = self.inode(a.ino)?;
+                if t.local || t.writer.is_some() {
+                    return Err(FsError::Busy("target is being written"));
+                }
+            }
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        if src.key == dst_key {
+            return Ok(());
+        }
+        if src.size > crate::s3::memory::MAX_SINGLE_SIZE {
+            return Err(FsError::CrossDevice(
+                "objects over 5 GiB are renamed by mv's copy fallback for now",
+            ));
+        }
+        let etag = self
+            .store
+            .copy_object(&src.key, &dst_key, &MetadataDirective::Copy)
+            .await
+            .map_err(|e| {
+                tracing::error!(from = %src.key, to = %dst_key, error = %e, "rename: copy failed; nothing changed");
+                FsError::from(e)
+            })?;
+        let deleted = self.store.delete_object(&src.key).await;
+        {
+            let mut t = self.table();
+            t.move_child(parent, name, newparent, newname);
+            if let Some(i) = t.get_mut(src.ino) {
+                i.etag = Some(etag);
+                i.ctime = SystemTime::now();
+            }
+        }
+        if let Err(e) = deleted {
+            tracing::error!(from = %src.key, to = %dst_key, error = %e, "rename: copied, but the old key could not be deleted; both exist now");
+            return Err(FsError::Io(format!("old key {} not deleted: {e}", src.key)));
+        }
+        tracing::debug!(from = %src.key, to = %dst_key, "renamed");
+        Ok(())
     }
 
     /// statfs: large numbers, so `df` and `cp` never refuse.

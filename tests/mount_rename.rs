@@ -1,0 +1,181 @@
+//! rename(2) through a real mount on Garage: CopyObject + DeleteObject for
+//! files, checked through S3 itself; `mv` of a directory and `rsync -a`.
+
+mod common;
+
+use bucketfs::s3::*;
+use common::mount::Mounted;
+use common::*;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::process::Command;
+
+const MIB: usize = 1024 * 1024;
+
+async fn keys(c: &Client, b: &str) -> Vec<String> {
+    let mut all: Vec<String> = c
+        .list_objects_all(b, "", None)
+        .await
+        .unwrap()
+        .objects
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    all.sort();
+    all
+}
+
+fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: u32) -> std::io::Result<()> {
+    let f = CString::new(from.as_os_str().as_bytes()).unwrap();
+    let t = CString::new(to.as_os_str().as_bytes()).unwrap();
+    // SAFETY: two valid C strings; AT_FDCWD with absolute paths.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// mv of a file: the bytes are at the new key, the old key is gone, the
+/// mount shows only the new name; a rename over an existing file replaces
+/// it; RENAME_NOREPLACE onto an existing file is EEXIST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_file_moves_the_object() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    let big = data(20 * MIB, 1);
+    std::fs::write(m.path("a.bin"), &big).unwrap();
+    std::fs::create_dir(m.path("sub")).unwrap();
+    std::fs::rename(m.path("a.bin"), m.path("sub/b.bin")).unwrap();
+    let g = c.get_object(&b, "sub/b.bin", None, None).await.unwrap();
+    assert!(g.body[..] == big[..], "bytes at the new key");
+    assert!(c.head_object(&b, "a.bin").await.unwrap_err().is_not_found());
+    assert!(!m.path("a.bin").exists());
+    assert_eq!(std::fs::read(m.path("sub/b.bin")).unwrap(), big);
+
+    // Over an existing file (rsync's final rename).
+    std::fs::write(m.path("new.txt"), b"new").unwrap();
+    std::fs::write(m.path("old.txt"), b"old contents").unwrap();
+    std::fs::rename(m.path("new.txt"), m.path("old.txt")).unwrap();
+    let g = c.get_object(&b, "old.txt", None, None).await.unwrap();
+    assert_eq!(&g.body[..], b"new");
+    assert_eq!(std::fs::metadata(m.path("old.txt")).unwrap().len(), 3);
+
+    // RENAME_NOREPLACE.
+    std::fs::write(m.path("x"), b"x").unwrap();
+    let e = renameat2(&m.path("x"), &m.path("old.txt"), libc::RENAME_NOREPLACE).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
+    assert_eq!(
+        &c.get_object(&b, "old.txt", None, None).await.unwrap().body[..],
+        b"new"
+    );
+
+    // A file renamed onto a directory: EISDIR; a missing source: ENOENT.
+    let e = std::fs::rename(m.path("x"), m.path("sub")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EISDIR), "{e}");
+    let e = std::fs::rename(m.path("nope"), m.path("y")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+
+    assert_eq!(
+        keys(&c, &b).await,
+        ["old.txt", "sub/", "sub/b.bin", "x"],
+        "exactly these objects"
+    );
+}
+
+/// `mv` of a directory works through mv's own copy fallback (EXDEV).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mv_of_a_directory_moves_every_key() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    std::fs::create_dir_all(m.path("d/e")).unwrap();
+    std::fs::write(m.path("d/one"), b"1").unwrap();
+    std::fs::write(m.path("d/e/two"), b"22").unwrap();
+    let out = Command::new("mv")
+        .arg(m.path("d"))
+        .arg(m.path("moved"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let k = keys(&c, &b).await;
+    assert!(k.iter().all(|k| k.starts_with("moved/")), "{k:?}");
+    assert!(
+        k.contains(&"moved/one".to_string()) && k.contains(&"moved/e/two".to_string()),
+        "{k:?}"
+    );
+    assert_eq!(
+        &c.get_object(&b, "moved/e/two", None, None)
+            .await
+            .unwrap()
+            .body[..],
+        b"22"
+    );
+}
+
+/// rsync -a writes each file under a temporary name and renames it: the
+/// bucket ends with exactly the final names and the right bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsync_a_leaves_exactly_the_final_names() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    let src = tempfile::tempdir().unwrap();
+    let mut want = Vec::new();
+    std::fs::create_dir(src.path().join("nested")).unwrap();
+    for i in 0..20 {
+        let rel = if i % 2 == 0 {
+            format!("f{i:02}")
+        } else {
+            format!("nested/g{i:02}")
+        };
+        std::fs::write(src.path().join(&rel), data(1000 + i * 100, i as u64)).unwrap();
+        want.push(rel);
+    }
+    let out = Command::new("rsync")
+        .arg("-a")
+        .arg(format!("{}/", src.path().display()))
+        .arg(m.path("dst"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rsync: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log()
+    );
+    let k = keys(&c, &b).await;
+    let mut expect: Vec<String> = want.iter().map(|r| format!("dst/{r}")).collect();
+    expect.push("dst/".into());
+    expect.push("dst/nested/".into());
+    expect.sort();
+    assert_eq!(k, expect, "no temporary names left");
+    for r in &want {
+        let g = c
+            .get_object(&b, &format!("dst/{r}"), None, None)
+            .await
+            .unwrap();
+        assert!(
+            g.body[..] == std::fs::read(src.path().join(r)).unwrap()[..],
+            "{r}"
+        );
+    }
+    assert!(
+        !m.log().contains("rename of a file still being written"),
+        "rsync renames only closed files"
+    );
+}
