@@ -97,6 +97,18 @@ impl Filesystem for FuseFs {
         Ok(())
     }
 
+    /// At unmount: attribute changes not yet written to their objects are
+    /// written now (bounded by 30 s; the data itself is already durable).
+    fn destroy(&mut self) {
+        let fs = self.fs.clone();
+        let done = self.rt.block_on(async move {
+            tokio::time::timeout(Duration::from_secs(30), fs.persist_all()).await
+        });
+        if done.is_err() {
+            tracing::warn!("unmount: gave up writing pending attributes after 30 s");
+        }
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
         let ttl = self.ttl;
@@ -338,7 +350,7 @@ impl Filesystem for FuseFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
@@ -346,7 +358,7 @@ impl Filesystem for FuseFs {
         run!(
             self,
             reply,
-            |fs: Arc<Fs>| async move { fs.fsync(fh.0).await },
+            |fs: Arc<Fs>| async move { fs.fsync(ino.0, fh.0).await },
             |()| reply.ok()
         );
     }

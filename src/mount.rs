@@ -314,7 +314,7 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             largest_file = plan.schedule.max_file_size(),
             "memory plan"
         );
-        let fs = Arc::new(Fs::new(store, cfg));
+        let fs = Fs::new(store, cfg);
         let mut opts = vec![
             fuser::MountOption::FSName(format!("bucketfs:{}", o.bucket)),
             fuser::MountOption::Subtype("bucketfs".into()),

@@ -65,18 +65,28 @@ async fn a_directory_of_2500_keys_costs_3_lists_and_no_heads() {
         3,
         "one LIST per 1,000 keys, once per opendir"
     );
-    // Every listed name is known: looking them up (ls -l) sends nothing.
+    // A listing has no metadata (mode, mtime): the first lookup of a listed
+    // file costs one HEAD, and no LIST.
     for n in ["00000", "01234", "02499"] {
         let a = fs.lookup(dir.ino, OsStr::new(n)).await.unwrap();
         assert_eq!(a.size, 2);
     }
-    assert_eq!(
-        c.counters().requests(Op::HeadObject),
-        heads,
-        "no HEAD per listed file"
-    );
+    assert_eq!(c.counters().requests(Op::HeadObject) - heads, 3);
     assert_eq!(c.counters().requests(Op::ListObjects) - lists, 3);
     fs.releasedir(fh).await.unwrap();
+    // Listed again: what the HEADs found is kept while the listing shows
+    // the same version (ETag and Last-Modified), so no HEAD again.
+    let fh = fs.opendir(dir.ino).await.unwrap();
+    fs.releasedir(fh).await.unwrap();
+    assert_eq!(c.counters().requests(Op::ListObjects) - lists, 6);
+    for n in ["00000", "01234", "02499"] {
+        fs.lookup(dir.ino, OsStr::new(n)).await.unwrap();
+    }
+    assert_eq!(
+        c.counters().requests(Op::HeadObject) - heads,
+        3,
+        "metadata cached across listings"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

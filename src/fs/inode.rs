@@ -1,7 +1,7 @@
 //! The inode table: inode numbers <-> object keys, cached attributes, and
 //! which inodes are being written through this mount.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime};
 
 /// The root directory's inode number.
@@ -42,6 +42,25 @@ pub struct Inode {
     /// then (a fresh listing, or mkdir of an empty directory), so a name not
     /// among them does not exist and costs no request.
     pub complete_until: Option<Instant>,
+    /// The stored object's metadata as last seen or written (a CopyObject
+    /// with REPLACE must send all of it again).
+    pub stored: Option<StoredMeta>,
+    /// The object version (ETag, Last-Modified) the attributes came from: a
+    /// listing showing the same version keeps them.
+    pub version: Option<(String, Option<SystemTime>)>,
+    /// Mode, owner or mtime changed on the stored object and not yet written to it.
+    pub attrs_pending: bool,
+    /// mtime was set explicitly (utimes) since the last write.
+    pub mtime_set: bool,
+}
+
+/// What a CopyObject with REPLACE must carry over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredMeta {
+    pub content_type: Option<String>,
+    pub storage_class: Option<String>,
+    /// `x-amz-meta-*`, names without the prefix.
+    pub user: BTreeMap<String, String>,
 }
 
 impl Inode {
@@ -65,6 +84,10 @@ impl Inode {
             writer: None,
             local: false,
             complete_until: None,
+            stored: None,
+            version: None,
+            attrs_pending: false,
+            mtime_set: false,
         }
     }
 }
@@ -184,6 +207,15 @@ impl InodeTable {
             .filter(|((p, _), _)| *p == parent)
             .filter_map(|(_, i)| self.inodes.get(i))
             .filter(|i| i.local || i.writer.is_some())
+            .collect()
+    }
+
+    /// Inodes whose attributes still have to be written to their objects.
+    pub fn pending_attrs(&self) -> Vec<u64> {
+        self.inodes
+            .values()
+            .filter(|i| i.attrs_pending)
+            .map(|i| i.ino)
             .collect()
     }
 

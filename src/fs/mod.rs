@@ -6,16 +6,18 @@
 
 pub mod error;
 pub mod inode;
+pub mod meta;
 
 use crate::prefetch::Reader;
 use crate::s3::{MetadataDirective, ObjectStore, PutOptions};
 use crate::upload::{Upload, UploadConfig};
 pub use error::{FsError, FsResult};
-use inode::{Inode, InodeTable, Kind, ROOT};
+use inode::{Inode, InodeTable, Kind, StoredMeta, ROOT};
+use meta::PosixMeta;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 /// S3's limit on key length, in bytes.
@@ -132,6 +134,42 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, SharedHandle>>,
     next_fh: AtomicU64,
     mounted_at: SystemTime,
+    /// This filesystem, for the tasks it starts (metadata written later).
+    me: Weak<Fs>,
+}
+
+/// How long attributes set on a stored object wait to be written (a rename
+/// or another change in that time is folded into the same request).
+pub const ATTR_DELAY: Duration = Duration::from_secs(1);
+
+/// The attributes of an inode that go into the object's metadata.
+fn posix_of(i: &Inode) -> PosixMeta {
+    PosixMeta {
+        perm: i.perm,
+        uid: i.uid,
+        gid: i.gid,
+        mtime: i.mtime_set.then_some(i.mtime),
+    }
+}
+
+/// Takes attributes and the rest of the metadata from a HEAD.
+fn fill_from_head(i: &mut Inode, h: &crate::s3::ObjectHead, fallback_mtime: SystemTime) {
+    let p = PosixMeta::parse(&h.metadata);
+    i.size = h.size;
+    i.mtime = p.mtime.or(h.last_modified).unwrap_or(fallback_mtime);
+    i.mtime_set = p.mtime.is_some();
+    i.ctime = h.last_modified.unwrap_or(i.mtime);
+    i.perm = p.perm;
+    i.uid = p.uid;
+    i.gid = p.gid;
+    i.etag = Some(h.etag.clone());
+    i.version = Some((h.etag.clone(), h.last_modified));
+    i.stored = Some(StoredMeta {
+        content_type: h.content_type.clone(),
+        storage_class: h.storage_class.clone(),
+        user: h.metadata.clone(),
+    });
+    i.attrs_pending = false;
 }
 
 /// The thread-group id (process id) of a thread, from /proc.
@@ -141,6 +179,16 @@ pub fn tgid_of(pid: u32) -> Option<u32> {
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether two Last-Modified times are the same second (HEAD gives whole
+/// seconds, listings milliseconds).
+fn same_second(a: Option<SystemTime>, b: Option<SystemTime>) -> bool {
+    let secs = |t: Option<SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    secs(a) == secs(b)
 }
 
 /// Checks a name given by a program: UTF-8, and short enough for S3.
@@ -163,16 +211,17 @@ fn listable_name(name: &str) -> bool {
 
 impl Fs {
     /// A filesystem over `store` (one bucket), showing keys under `cfg.prefix`.
-    pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> Self {
+    pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> Arc<Self> {
         let now = SystemTime::now();
-        Fs {
+        Arc::new_cyclic(|me| Fs {
             inodes: Mutex::new(InodeTable::new(cfg.prefix.clone(), now)),
             store,
             cfg,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mounted_at: now,
-        }
+            me: me.clone(),
+        })
     }
 
     /// The configuration.
@@ -252,13 +301,21 @@ impl Fs {
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let name = check_name(name)?;
         let pkey = self.dir_key(parent)?;
-        {
+        let listed_file = {
             let t = self.table();
             let now = Instant::now();
             match t.child(parent, name) {
-                Some(c) if c.local || c.writer.is_some() || c.valid_until > now => {
+                Some(c) if c.local || c.writer.is_some() => return Ok(self.attr_of(c)),
+                Some(c)
+                    if c.valid_until > now
+                        && (c.kind == Kind::Dir || c.version.is_some() || c.attrs_pending) =>
+                {
                     return Ok(self.attr_of(c));
                 }
+                // Listed as a file, but a listing has no metadata (mode,
+                // mtime...): one HEAD, whose result later listings keep
+                // while they show the same version.
+                Some(c) if c.valid_until > now => Some(c.valid_until),
                 None if t
                     .get(parent)
                     .and_then(|p| p.complete_until)
@@ -266,10 +323,37 @@ impl Fs {
                 {
                     return Err(FsError::NotFound);
                 }
-                _ => {}
+                _ => None,
             }
-        }
+        };
         let key = format!("{pkey}{name}");
+        if let Some(valid_until) = listed_file {
+            return match self.store.head_object(&key).await {
+                Ok(h) => {
+                    let mut t = self.table();
+                    let ino = t.upsert_child(parent, name, Kind::File, |i| {
+                        if i.writer.is_none() && !i.local && !i.attrs_pending {
+                            fill_from_head(i, &h, self.mounted_at);
+                        }
+                        i.valid_until = valid_until;
+                    });
+                    Ok(self.attr_of(t.get(ino).expect("inserted")))
+                }
+                Err(e) if e.is_not_found() => {
+                    let mut t = self.table();
+                    if t.child(parent, name)
+                        .is_some_and(|c| !c.local && c.writer.is_none())
+                    {
+                        t.remove_child(parent, name);
+                    }
+                    Err(FsError::NotFound)
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "lookup failed");
+                    Err(e.into())
+                }
+            };
+        }
         if key.len() + 1 > MAX_KEY_LEN {
             return Err(FsError::NameTooLong);
         }
@@ -292,10 +376,9 @@ impl Fs {
         match head {
             Ok(h) => {
                 let ino = t.upsert_child(parent, name, Kind::File, |i| {
-                    i.size = h.size;
-                    i.mtime = h.last_modified.unwrap_or(self.mounted_at);
-                    i.ctime = i.mtime;
-                    i.etag = Some(h.etag.clone());
+                    if i.writer.is_none() && !i.local && !i.attrs_pending {
+                        fill_from_head(i, &h, self.mounted_at);
+                    }
                     i.valid_until = valid_until;
                 });
                 Ok(self.attr_of(t.get(ino).expect("inserted")))
@@ -349,7 +432,7 @@ impl Fs {
                             ));
                         }
                         if size == 0 {
-                            w.upload = Some(self.new_upload(w.key.clone()));
+                            w.upload = Some(self.new_upload(w.key.clone(), ino));
                         }
                     }
                     if let Some(u) = w.upload.as_mut() {
@@ -383,9 +466,11 @@ impl Fs {
         }
         let mut t = self.table();
         let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        let before = posix_of(i);
         if let Some(size) = s.size {
             i.size = size;
             i.mtime = SystemTime::now();
+            i.mtime_set = false;
         }
         if let Some(m) = s.mode {
             i.perm = Some((m & 0o7777) as u16);
@@ -401,9 +486,117 @@ impl Fs {
         }
         if let Some(m) = s.mtime {
             i.mtime = m;
+            i.mtime_set = true;
         }
         i.ctime = SystemTime::now();
-        Ok(self.attr_of(i))
+        let attr = self.attr_of(i);
+        // A file being written gets its attributes at close; a stored one
+        // soon, by a copy onto itself (or folded into a rename).
+        let stored = i.kind == Kind::File && !i.local && i.writer.is_none();
+        if stored && posix_of(i) != before && !self.cfg.read_only {
+            i.attrs_pending = true;
+            drop(t);
+            self.persist_later(ino);
+        }
+        Ok(attr)
+    }
+
+    /// Writes pending attributes of `ino` after [`ATTR_DELAY`].
+    fn persist_later(&self, ino: u64) {
+        let Some(fs) = self.me.upgrade() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            tokio::time::sleep(ATTR_DELAY).await;
+            if let Err(e) = fs.persist_attrs(ino).await {
+                tracing::warn!(ino, error = %e, "attributes not stored; will retry at fsync or unmount");
+            }
+        });
+    }
+
+    /// The metadata a CopyObject with REPLACE must send for this inode:
+    /// everything the object had, with our attributes over it.
+    async fn replace_options(&self, i: &Inode) -> FsResult<PutOptions> {
+        let stored = match &i.stored {
+            Some(m) => m.clone(),
+            None => {
+                let h = self.store.head_object(&i.key).await?;
+                StoredMeta {
+                    content_type: h.content_type,
+                    storage_class: h.storage_class,
+                    user: h.metadata,
+                }
+            }
+        };
+        let mut user = stored.user;
+        posix_of(i).write(&mut user, libc::S_IFREG);
+        Ok(PutOptions {
+            content_type: stored.content_type,
+            metadata: user,
+            storage_class: stored.storage_class,
+            ..PutOptions::default()
+        })
+    }
+
+    /// Writes pending attributes of a stored file to its object now (one
+    /// CopyObject onto itself with REPLACE; the data does not move).
+    pub async fn persist_attrs(&self, ino: u64) -> FsResult<()> {
+        let i = self.inode(ino)?;
+        if !i.attrs_pending || i.local || i.writer.is_some() || i.kind != Kind::File {
+            return Ok(());
+        }
+        if i.size > crate::s3::memory::MAX_SINGLE_SIZE {
+            tracing::warn!(key = %i.key, size = i.size, "attributes of objects over 5 GiB are not stored yet (needs a multipart copy)");
+            if let Some(n) = self.table().get_mut(ino) {
+                n.attrs_pending = false;
+            }
+            return Ok(());
+        }
+        // Cleared first: a change while the copy runs sets it again.
+        if let Some(n) = self.table().get_mut(ino) {
+            n.attrs_pending = false;
+        }
+        let result = async {
+            let opts = self.replace_options(&i).await?;
+            let etag = self
+                .store
+                .copy_object(&i.key, &i.key, &MetadataDirective::Replace(opts.clone()))
+                .await?;
+            Ok::<_, FsError>((etag, opts))
+        }
+        .await;
+        let mut t = self.table();
+        match result {
+            Ok((etag, opts)) => {
+                tracing::debug!(key = %i.key, "attributes stored");
+                if let Some(n) = t.get_mut(ino) {
+                    n.etag = Some(etag.clone());
+                    n.version = Some((etag, None));
+                    n.stored = Some(StoredMeta {
+                        content_type: opts.content_type,
+                        storage_class: opts.storage_class,
+                        user: opts.metadata,
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(n) = t.get_mut(ino) {
+                    n.attrs_pending = true;
+                }
+                tracing::warn!(key = %i.key, error = %e, "storing attributes failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes every pending attribute change (at unmount).
+    pub async fn persist_all(&self) {
+        let pending: Vec<u64> = self.table().pending_attrs();
+        for ino in pending {
+            let _ = self.persist_attrs(ino).await;
+        }
     }
 
     fn is_write_handle(&self, fh: u64) -> bool {
@@ -498,12 +691,22 @@ impl Fs {
                     continue;
                 }
                 let ino = t.upsert_child(ino, name, Kind::File, |i| {
-                    if i.writer.is_none() {
+                    // Attributes from metadata stay while the listing shows
+                    // the version they came from (a listing has no metadata).
+                    let same_version = i.version.as_ref().is_some_and(|(etag, lm)| {
+                        *etag == o.etag && (lm.is_none() || same_second(*lm, o.last_modified))
+                    });
+                    if i.writer.is_none() && !i.local && !i.attrs_pending && !same_version {
                         i.size = o.size;
                         i.mtime = o.last_modified.unwrap_or(self.mounted_at);
+                        i.mtime_set = false;
                         i.ctime = i.mtime;
                         i.etag = Some(o.etag.clone());
-                        i.local = false;
+                        i.perm = None;
+                        i.uid = None;
+                        i.gid = None;
+                        i.stored = None;
+                        i.version = None;
                     }
                     i.valid_until = valid_until;
                 });
@@ -550,13 +753,13 @@ impl Fs {
         Ok(())
     }
 
-    fn new_upload(&self, key: String) -> Upload {
-        Upload::new(
-            self.store.clone(),
-            key,
-            PutOptions::default(),
-            self.cfg.upload.clone(),
-        )
+    /// A new upload of `key` for inode `ino`, created with its attributes.
+    fn new_upload(&self, key: String, ino: u64) -> Upload {
+        let mut opts = PutOptions::default();
+        if let Some(i) = self.table().get(ino) {
+            posix_of(i).write(&mut opts.metadata, libc::S_IFREG);
+        }
+        Upload::new(self.store.clone(), key, opts, self.cfg.upload.clone())
     }
 
     /// Creates a file: it exists in this mount at once and in the bucket at close.
@@ -604,7 +807,7 @@ impl Fs {
                 ino,
                 key: key.clone(),
                 opener_tgid: tgid_of(pid).or(Some(pid)),
-                upload: Some(self.new_upload(key)),
+                upload: Some(self.new_upload(key, ino)),
                 state: WriteState::Open,
             })),
         );
@@ -649,7 +852,7 @@ impl Fs {
                 ino,
                 key: inode.key.clone(),
                 opener_tgid: tgid_of(pid).or(Some(pid)),
-                upload: trunc.then(|| self.new_upload(inode.key.clone())),
+                upload: trunc.then(|| self.new_upload(inode.key.clone(), ino)),
                 state: WriteState::Open,
             })),
         );
@@ -695,7 +898,7 @@ impl Fs {
                     "write at {offset} into existing object"
                 )));
             }
-            w.upload = Some(self.new_upload(w.key.clone()));
+            w.upload = Some(self.new_upload(w.key.clone(), w.ino));
         }
         let u = w.upload.as_mut().expect("set above");
         if let Err(e) = u.write(offset, data).await {
@@ -708,6 +911,7 @@ impl Fs {
         if let Some(i) = self.table().get_mut(w.ino) {
             i.size = size;
             i.mtime = SystemTime::now();
+            i.mtime_set = false;
         }
         Ok(data.len() as u32)
     }
@@ -731,19 +935,45 @@ impl Fs {
             w.state = WriteState::Done;
             return Ok(());
         }
+        // Attributes set while writing (tar sets them before close) go into
+        // the PutObject; a multipart upload was created with the ones known
+        // at its first part, and later changes are written after it.
+        let mut upload = upload;
+        let now_posix = self.table().get(w.ino).map(posix_of).unwrap_or_default();
+        if !upload.is_multipart() {
+            let mut meta = std::collections::BTreeMap::new();
+            now_posix.write(&mut meta, libc::S_IFREG);
+            upload.options_mut().metadata = meta;
+        }
+        let sent = upload.options().clone();
         match upload.finish().await {
             Ok(f) => {
                 tracing::info!(key = %w.key, size = f.size, parts = f.parts, etag = %f.etag, "stored");
                 w.state = WriteState::Done;
+                let mut later = false;
                 if let Some(i) = self.table().get_mut(w.ino) {
                     i.size = f.size;
-                    i.etag = Some(f.etag);
+                    i.etag = Some(f.etag.clone());
                     i.local = false;
                     i.valid_until = Instant::now() + self.cfg.metadata_ttl;
+                    i.version = Some((f.etag, None));
+                    i.stored = Some(StoredMeta {
+                        content_type: sent.content_type.clone(),
+                        storage_class: sent.storage_class.clone(),
+                        user: sent.metadata.clone(),
+                    });
+                    // Changed while the upload ran, or after its creation.
+                    if posix_of(i) != PosixMeta::parse(&sent.metadata) {
+                        i.attrs_pending = true;
+                        later = true;
+                    }
                     // Durable now: readers need not wait for the (asynchronous) release.
                     if i.writer == Some(w.fh) {
                         i.writer = None;
                     }
+                }
+                if later {
+                    self.persist_later(w.ino);
                 }
                 Ok(())
             }
@@ -778,17 +1008,21 @@ impl Fs {
         self.complete(w).await
     }
 
-    /// fsync: completes the upload whoever calls it; later writes fail.
-    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+    /// fsync: completes the upload whoever calls it (later writes fail),
+    /// and writes attributes still pending on the object.
+    pub async fn fsync(&self, ino: u64, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
-        let mut g = h.lock().await;
-        match &mut *g {
-            Handle::Write(w) if w.state == WriteState::Open => self.complete(w).await,
-            Handle::Write(w) if w.state == WriteState::Failed => {
-                Err(FsError::Io("an earlier write failed".into()))
+        {
+            let mut g = h.lock().await;
+            match &mut *g {
+                Handle::Write(w) if w.state == WriteState::Open => self.complete(w).await?,
+                Handle::Write(w) if w.state == WriteState::Failed => {
+                    return Err(FsError::Io("an earlier write failed".into()))
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        self.persist_attrs(ino).await
     }
 
     /// The last close: completes what no flush completed (errors only logged),
@@ -970,21 +1204,54 @@ impl Fs {
                 "objects over 5 GiB are renamed by mv's copy fallback for now",
             ));
         }
-        let etag = self
-            .store
-            .copy_object(&src.key, &dst_key, &MetadataDirective::Copy)
-            .await
-            .map_err(|e| {
+        // Attributes set since the file was stored (rsync sets them on its
+        // temporary file just before the rename) travel with this copy.
+        let pending = src.attrs_pending;
+        if pending {
+            if let Some(i) = self.table().get_mut(src.ino) {
+                i.attrs_pending = false;
+            }
+        }
+        let copied = async {
+            let directive = if pending {
+                MetadataDirective::Replace(self.replace_options(&src).await?)
+            } else {
+                MetadataDirective::Copy
+            };
+            let etag = self
+                .store
+                .copy_object(&src.key, &dst_key, &directive)
+                .await?;
+            Ok::<_, FsError>((etag, directive))
+        }
+        .await;
+        let (etag, directive) = match copied {
+            Ok(c) => c,
+            Err(e) => {
+                if pending {
+                    if let Some(i) = self.table().get_mut(src.ino) {
+                        i.attrs_pending = true;
+                    }
+                }
                 tracing::error!(from = %src.key, to = %dst_key, error = %e, "rename: copy failed; nothing changed");
-                FsError::from(e)
-            })?;
+                return Err(e);
+            }
+        };
         let deleted = self.store.delete_object(&src.key).await;
         {
             let mut t = self.table();
             t.move_child(parent, name, newparent, newname);
             if let Some(i) = t.get_mut(src.ino) {
-                i.etag = Some(etag);
+                i.etag = Some(etag.clone());
+                i.version = Some((etag, None));
                 i.ctime = SystemTime::now();
+                if let MetadataDirective::Replace(o) = directive {
+                    i.stored = Some(StoredMeta {
+                        content_type: o.content_type,
+                        storage_class: o.storage_class,
+                        user: o.metadata,
+                    });
+                }
             }
         }
         if let Err(e) = deleted {

@@ -253,6 +253,16 @@ impl Upload {
         &mut self.target.opts
     }
 
+    /// The options the object is created with.
+    pub fn options(&self) -> &PutOptions {
+        &self.target.opts
+    }
+
+    /// Whether the multipart upload was started (its options are then fixed).
+    pub fn is_multipart(&self) -> bool {
+        self.multipart
+    }
+
     /// Bytes written so far (the file size).
     pub fn size(&self) -> u64 {
         self.tail_start + self.tail.len() as u64
