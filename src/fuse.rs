@@ -52,7 +52,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: a.blksize,
         flags: 0,
     }
@@ -62,6 +62,12 @@ fn file_type(k: Kind) -> FileType {
     match k {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Special(libc::S_IFIFO) => FileType::NamedPipe,
+        Kind::Special(libc::S_IFSOCK) => FileType::Socket,
+        Kind::Special(libc::S_IFCHR) => FileType::CharDevice,
+        Kind::Special(libc::S_IFBLK) => FileType::BlockDevice,
+        Kind::Special(_) => FileType::RegularFile,
     }
 }
 
@@ -231,8 +237,51 @@ impl Filesystem for FuseFs {
         reply.error(Errno::EPERM);
     }
 
-    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _t: &Path, reply: ReplyEntry) {
-        reply.error(Errno::EPERM);
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (name, target) = (link_name.to_owned(), target.to_owned());
+        let ttl = self.ttl;
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.symlink(parent.0, &name, &target).await },
+            |a| reply.entry(&ttl, &file_attr(&a), Generation(0))
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.readlink(ino.0).await },
+            |d| reply.data(&d)
+        );
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name.to_owned();
+        let ttl = self.ttl;
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.mknod(parent.0, &name, mode & !umask, rdev).await },
+            |a| reply.entry(&ttl, &file_attr(&a), Generation(0))
+        );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

@@ -219,3 +219,137 @@ async fn a_second_rsync_transfers_nothing() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Symlinks and FIFOs as s3fs stores them: a symlink is an object whose body
+/// is the target and whose mode says S_IFLNK; a FIFO an empty object whose
+/// mode says S_IFIFO. A fresh mount, even after listing, shows them as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_and_fifos_are_stored_as_s3fs_stores_them() {
+    use std::os::unix::fs::FileTypeExt;
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let target = "../some dir/tärget";
+    {
+        let m = Mounted::bucket(&b);
+        std::os::unix::fs::symlink(target, m.path("link")).unwrap();
+        assert_eq!(
+            std::fs::read_link(m.path("link")).unwrap().to_str(),
+            Some(target)
+        );
+        let fifo = std::ffi::CString::new(m.path("pipe").to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(
+            unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) },
+            0,
+            "{}",
+            m.log()
+        );
+        assert!(std::fs::symlink_metadata(m.path("pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        let e = std::fs::hard_link(m.path("pipe"), m.path("hard")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    }
+    let g = c.get_object(&b, "link", None, None).await.unwrap();
+    assert_eq!(&g.body[..], target.as_bytes());
+    let h = c.head_object(&b, "link").await.unwrap();
+    assert_eq!(
+        meta(&h, "mode"),
+        Some(&*(libc::S_IFLNK | 0o777).to_string())
+    );
+    let h = c.head_object(&b, "pipe").await.unwrap();
+    assert_eq!(h.size, 0);
+    let mode: u32 = meta(&h, "mode").unwrap().parse().unwrap();
+    assert_eq!(mode & libc::S_IFMT, libc::S_IFIFO);
+
+    let m = Mounted::bucket(&b);
+    // Listed first (a listing cannot tell), then looked up.
+    let names: Vec<_> = std::fs::read_dir(&m.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(std::fs::symlink_metadata(m.path("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read_link(m.path("link")).unwrap().to_str(),
+        Some(target)
+    );
+    assert!(std::fs::symlink_metadata(m.path("pipe"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // Listed again: they stay what they are.
+    let _ = std::fs::read_dir(&m.dir).unwrap().count();
+    std::thread::sleep(Duration::from_millis(1200));
+    let _ = std::fs::read_dir(&m.dir).unwrap().count();
+    assert!(std::fs::symlink_metadata(m.path("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// rsync -a of a tree with nested and empty directories, an empty file,
+/// unicode and space names, a symlink, a FIFO, a 20 MiB file and old mtimes:
+/// exit 0, the same tree in the mount, and a second run sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsync_a_of_a_mixed_tree() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path();
+    std::fs::create_dir_all(s.join("deep/er/est")).unwrap();
+    std::fs::create_dir(s.join("empty dir")).unwrap();
+    std::fs::write(s.join("empty"), b"").unwrap();
+    std::fs::write(s.join("deep/naïve café.txt"), b"unicode").unwrap();
+    std::fs::write(s.join("deep/er/est/big.bin"), data(20 << 20, 9)).unwrap();
+    std::os::unix::fs::symlink("deep/naïve café.txt", s.join("link")).unwrap();
+    let fifo = std::ffi::CString::new(s.join("pipe").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let old = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(s.join("empty"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let m = Mounted::bucket(&b);
+    let first = rsync(s, &m.path("t"), &m);
+    assert_eq!(transferred(&first), 3, "three regular files: {first}");
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference", "-x", "pipe"])
+        .arg(s)
+        .arg(m.path("t"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "diff: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(m.path("t/pipe"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(m.path("t/empty dir").is_dir());
+    assert_eq!(
+        std::fs::metadata(m.path("t/empty"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        old
+    );
+    let g = c
+        .get_object(&b, "t/deep/er/est/big.bin", None, None)
+        .await
+        .unwrap();
+    assert_eq!(g.body.len(), 20 << 20);
+    std::thread::sleep(Duration::from_millis(1200));
+    let again = rsync(s, &m.path("t"), &m);
+    assert_eq!(transferred(&again), 0, "{again}");
+}

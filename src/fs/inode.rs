@@ -7,11 +7,41 @@ use std::time::{Instant, SystemTime};
 /// The root directory's inode number.
 pub const ROOT: u64 = 1;
 
-/// File or directory. (Symlinks and special files come with their metadata.)
+/// What an inode is. Symlinks and special files are objects whose
+/// `x-amz-meta-mode` says so (as s3fs stores them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     File,
     Dir,
+    /// The object's body is the target.
+    Symlink,
+    /// FIFO, socket or device node: an empty object; the `S_IFMT` bits.
+    Special(u32),
+}
+
+impl Kind {
+    /// The `S_IFMT` bits of this kind.
+    pub fn type_bits(self) -> u32 {
+        match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Special(t) => t,
+        }
+    }
+
+    /// The kind an object's stored `st_mode` type bits name (a plain file
+    /// when there are none, or when they name a directory: a key without a
+    /// trailing `/` cannot be one).
+    pub fn of_object(type_bits: Option<u32>) -> Kind {
+        match type_bits {
+            Some(libc::S_IFLNK) => Kind::Symlink,
+            Some(t @ (libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK)) => {
+                Kind::Special(t)
+            }
+            _ => Kind::File,
+        }
+    }
 }
 
 /// What we know of one file or directory.
@@ -52,6 +82,10 @@ pub struct Inode {
     pub attrs_pending: bool,
     /// mtime was set explicitly (utimes) since the last write.
     pub mtime_set: bool,
+    /// Device number of a device node.
+    pub rdev: u32,
+    /// A symlink's target, once read.
+    pub link_target: Option<String>,
 }
 
 /// What a CopyObject with REPLACE must carry over.
@@ -88,6 +122,8 @@ impl Inode {
             version: None,
             attrs_pending: false,
             mtime_set: false,
+            rdev: 0,
+            link_target: None,
         }
     }
 }
@@ -151,8 +187,8 @@ impl InodeTable {
             return 0;
         };
         let key = match kind {
-            Kind::File => format!("{pkey}{name}"),
             Kind::Dir => format!("{pkey}{name}/"),
+            _ => format!("{pkey}{name}"),
         };
         let existing = self.children.get(&(parent, name.to_string())).copied();
         let ino = match existing {

@@ -12,6 +12,7 @@ pub const MODE: &str = "mode";
 pub const UID: &str = "uid";
 pub const GID: &str = "gid";
 pub const MTIME: &str = "mtime";
+pub const RDEV: &str = "rdev";
 
 /// The attributes found in (or to be written to) user metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,18 +22,30 @@ pub struct PosixMeta {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub mtime: Option<SystemTime>,
+    /// The `S_IFMT` bits of a stored mode (read only: writers pass the kind).
+    pub file_type: Option<u32>,
+    /// Device number of a device node.
+    pub rdev: Option<u32>,
 }
 
 impl PosixMeta {
     /// Reads what is there; values that do not parse are ignored.
     pub fn parse(meta: &BTreeMap<String, String>) -> PosixMeta {
         let num = |k: &str| meta.get(k).and_then(|v| v.trim().parse::<u32>().ok());
+        let mode = num(MODE);
         PosixMeta {
-            perm: num(MODE).map(|m| (m & 0o7777) as u16),
+            perm: mode.map(|m| (m & 0o7777) as u16),
             uid: num(UID),
             gid: num(GID),
             mtime: meta.get(MTIME).and_then(|v| parse_time(v)),
+            file_type: mode.map(|m| m & libc::S_IFMT).filter(|t| *t != 0),
+            rdev: num(RDEV),
         }
+    }
+
+    /// The attributes a program sets (chmod, chown, utimes), for comparing.
+    pub fn attrs(&self) -> (Option<u16>, Option<u32>, Option<u32>, Option<SystemTime>) {
+        (self.perm, self.uid, self.gid, self.mtime)
     }
 
     /// Whether nothing is set.
@@ -41,10 +54,21 @@ impl PosixMeta {
     }
 
     /// Writes the attributes that are set into `meta`, leaving the rest of it
-    /// alone. `file_type` is `libc::S_IFREG` or `libc::S_IFDIR`.
+    /// alone. `file_type` is the `S_IFMT` bits (`libc::S_IFREG`, ...); the
+    /// mode is always written for other types than plain files, since it is
+    /// what makes them symlinks or FIFOs.
     pub fn write(&self, meta: &mut BTreeMap<String, String>, file_type: u32) {
-        if let Some(p) = self.perm {
+        let perm = match (self.perm, file_type) {
+            (Some(p), _) => Some(p),
+            (None, libc::S_IFREG) => None,
+            (None, libc::S_IFLNK) => Some(0o777),
+            (None, _) => Some(0o644),
+        };
+        if let Some(p) = perm {
             meta.insert(MODE.into(), (file_type | p as u32).to_string());
+        }
+        if let Some(r) = self.rdev.filter(|r| *r != 0) {
+            meta.insert(RDEV.into(), r.to_string());
         }
         if let Some(u) = self.uid {
             meta.insert(UID.into(), u.to_string());
@@ -121,6 +145,7 @@ mod tests {
         m.insert("color".into(), "blue".into());
         let p = PosixMeta::parse(&m);
         assert_eq!(p.perm, Some(0o644));
+        assert_eq!(p.file_type, Some(libc::S_IFREG));
         assert_eq!(p.uid, Some(1000));
         assert_eq!(p.gid, None);
         assert_eq!(
@@ -141,5 +166,23 @@ mod tests {
         assert_eq!(out["mtime"], "1600000000");
         assert_eq!(out["color"], "blue", "other metadata is kept");
         assert!(PosixMeta::default().is_empty());
+
+        // A symlink as s3fs stores it: the mode says S_IFLNK.
+        let mut l = BTreeMap::new();
+        PosixMeta::default().write(&mut l, libc::S_IFLNK);
+        assert_eq!(l["mode"], (libc::S_IFLNK | 0o777).to_string());
+        assert_eq!(PosixMeta::parse(&l).file_type, Some(libc::S_IFLNK));
+        let mut f = BTreeMap::new();
+        PosixMeta {
+            perm: Some(0o600),
+            rdev: Some(0x0801),
+            ..PosixMeta::default()
+        }
+        .write(&mut f, libc::S_IFCHR);
+        let back = PosixMeta::parse(&f);
+        assert_eq!(
+            (back.file_type, back.rdev),
+            (Some(libc::S_IFCHR), Some(0x0801))
+        );
     }
 }

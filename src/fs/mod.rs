@@ -62,6 +62,8 @@ pub struct Attr {
     pub uid: u32,
     pub gid: u32,
     pub blksize: u32,
+    /// Device number (device nodes only).
+    pub rdev: u32,
 }
 
 /// One entry of a directory listing snapshot.
@@ -149,6 +151,8 @@ fn posix_of(i: &Inode) -> PosixMeta {
         uid: i.uid,
         gid: i.gid,
         mtime: i.mtime_set.then_some(i.mtime),
+        file_type: None,
+        rdev: (i.rdev != 0).then_some(i.rdev),
     }
 }
 
@@ -156,6 +160,8 @@ fn posix_of(i: &Inode) -> PosixMeta {
 fn fill_from_head(i: &mut Inode, h: &crate::s3::ObjectHead, fallback_mtime: SystemTime) {
     let p = PosixMeta::parse(&h.metadata);
     i.size = h.size;
+    i.rdev = p.rdev.unwrap_or(0);
+    i.link_target = None;
     i.mtime = p.mtime.or(h.last_modified).unwrap_or(fallback_mtime);
     i.mtime_set = p.mtime.is_some();
     i.ctime = h.last_modified.unwrap_or(i.mtime);
@@ -235,8 +241,9 @@ impl Fs {
 
     fn attr_of(&self, i: &Inode) -> Attr {
         let (default_perm, nlink) = match i.kind {
-            Kind::File => (self.cfg.file_mode, 1),
             Kind::Dir => (self.cfg.dir_mode, 2),
+            Kind::Symlink => (0o777, 1),
+            Kind::File | Kind::Special(_) => (self.cfg.file_mode, 1),
         };
         Attr {
             ino: i.ino,
@@ -251,6 +258,7 @@ impl Fs {
             uid: i.uid.unwrap_or(self.cfg.uid),
             gid: i.gid.unwrap_or(self.cfg.gid),
             blksize: BLOCK_SIZE,
+            rdev: i.rdev,
         }
     }
 
@@ -330,8 +338,9 @@ impl Fs {
         if let Some(valid_until) = listed_file {
             return match self.store.head_object(&key).await {
                 Ok(h) => {
+                    let kind = Kind::of_object(PosixMeta::parse(&h.metadata).file_type);
                     let mut t = self.table();
-                    let ino = t.upsert_child(parent, name, Kind::File, |i| {
+                    let ino = t.upsert_child(parent, name, kind, |i| {
                         if i.writer.is_none() && !i.local && !i.attrs_pending {
                             fill_from_head(i, &h, self.mounted_at);
                         }
@@ -375,7 +384,8 @@ impl Fs {
         }
         match head {
             Ok(h) => {
-                let ino = t.upsert_child(parent, name, Kind::File, |i| {
+                let kind = Kind::of_object(PosixMeta::parse(&h.metadata).file_type);
+                let ino = t.upsert_child(parent, name, kind, |i| {
                     if i.writer.is_none() && !i.local && !i.attrs_pending {
                         fill_from_head(i, &h, self.mounted_at);
                     }
@@ -492,7 +502,7 @@ impl Fs {
         let attr = self.attr_of(i);
         // A file being written gets its attributes at close; a stored one
         // soon, by a copy onto itself (or folded into a rename).
-        let stored = i.kind == Kind::File && !i.local && i.writer.is_none();
+        let stored = i.kind != Kind::Dir && !i.local && i.writer.is_none();
         if stored && posix_of(i) != before && !self.cfg.read_only {
             i.attrs_pending = true;
             drop(t);
@@ -530,7 +540,7 @@ impl Fs {
             }
         };
         let mut user = stored.user;
-        posix_of(i).write(&mut user, libc::S_IFREG);
+        posix_of(i).write(&mut user, i.kind.type_bits());
         Ok(PutOptions {
             content_type: stored.content_type,
             metadata: user,
@@ -543,7 +553,7 @@ impl Fs {
     /// CopyObject onto itself with REPLACE; the data does not move).
     pub async fn persist_attrs(&self, ino: u64) -> FsResult<()> {
         let i = self.inode(ino)?;
-        if !i.attrs_pending || i.local || i.writer.is_some() || i.kind != Kind::File {
+        if !i.attrs_pending || i.local || i.writer.is_some() || i.kind == Kind::Dir {
             return Ok(());
         }
         if i.size > crate::s3::memory::MAX_SINGLE_SIZE {
@@ -690,13 +700,20 @@ impl Fs {
                 if dir_names.contains(name.as_str()) {
                     continue;
                 }
-                let ino = t.upsert_child(ino, name, Kind::File, |i| {
-                    // Attributes from metadata stay while the listing shows
-                    // the version they came from (a listing has no metadata).
-                    let same_version = i.version.as_ref().is_some_and(|(etag, lm)| {
+                // Attributes from metadata (and the kind: symlink, FIFO...)
+                // stay while the listing shows the version they came from;
+                // a listing has no metadata.
+                let same_version = |i: &Inode| {
+                    i.version.as_ref().is_some_and(|(etag, lm)| {
                         *etag == o.etag && (lm.is_none() || same_second(*lm, o.last_modified))
-                    });
-                    if i.writer.is_none() && !i.local && !i.attrs_pending && !same_version {
+                    })
+                };
+                let kind = match t.child(ino, name) {
+                    Some(c) if c.kind != Kind::Dir && (same_version(c) || c.local) => c.kind,
+                    _ => Kind::File,
+                };
+                let child = t.upsert_child(ino, name, kind, |i| {
+                    if i.writer.is_none() && !i.local && !i.attrs_pending && !same_version(i) {
                         i.size = o.size;
                         i.mtime = o.last_modified.unwrap_or(self.mounted_at);
                         i.mtime_set = false;
@@ -705,14 +722,16 @@ impl Fs {
                         i.perm = None;
                         i.uid = None;
                         i.gid = None;
+                        i.rdev = 0;
                         i.stored = None;
                         i.version = None;
+                        i.link_target = None;
                     }
                     i.valid_until = valid_until;
                 });
                 entries.push(DirEntry {
-                    ino,
-                    kind: Kind::File,
+                    ino: child,
+                    kind,
                     name: name.clone(),
                 });
             }
@@ -963,7 +982,7 @@ impl Fs {
                         user: sent.metadata.clone(),
                     });
                     // Changed while the upload ran, or after its creation.
-                    if posix_of(i) != PosixMeta::parse(&sent.metadata) {
+                    if posix_of(i).attrs() != PosixMeta::parse(&sent.metadata).attrs() {
                         i.attrs_pending = true;
                         later = true;
                     }
@@ -1151,6 +1170,128 @@ impl Fs {
         }
         self.table().remove_child(parent, name);
         Ok(())
+    }
+
+    /// Creates a symlink as s3fs stores one: an object whose body is the
+    /// target and whose `x-amz-meta-mode` says `S_IFLNK`.
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &std::path::Path,
+    ) -> FsResult<Attr> {
+        let target = target.to_str().ok_or(FsError::IllegalName)?.to_string();
+        self.make_node(parent, name, Kind::Symlink, 0o777, 0, target)
+            .await
+    }
+
+    /// Creates a FIFO, socket or device node (as `rsync -a` does as root):
+    /// an empty object whose mode (and `x-amz-meta-rdev`) say what it is.
+    pub async fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u32) -> FsResult<Attr> {
+        let kind = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => Kind::File,
+            t @ (libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK) => {
+                Kind::Special(t)
+            }
+            _ => return Err(FsError::Invalid(format!("mknod of mode {mode:o}"))),
+        };
+        self.make_node(
+            parent,
+            name,
+            kind,
+            (mode & 0o7777) as u16,
+            rdev,
+            String::new(),
+        )
+        .await
+    }
+
+    /// Stores a small object in one PutObject and records it: symlinks,
+    /// special files, and empty files made by mknod.
+    async fn make_node(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        kind: Kind,
+        perm: u16,
+        rdev: u32,
+        body: String,
+    ) -> FsResult<Attr> {
+        self.writable()?;
+        let name = check_name(name)?;
+        let key = format!("{}{name}", self.dir_key(parent)?);
+        if key.len() > MAX_KEY_LEN {
+            return Err(FsError::NameTooLong);
+        }
+        match self.lookup(parent, OsStr::new(name)).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let mut opts = PutOptions::default();
+        let p = PosixMeta {
+            perm: Some(perm),
+            rdev: (rdev != 0).then_some(rdev),
+            ..PosixMeta::default()
+        };
+        p.write(&mut opts.metadata, kind.type_bits());
+        let size = body.len() as u64;
+        let etag = self
+            .store
+            .put_object(&key, bytes::Bytes::from(body.clone()), None, &opts)
+            .await
+            .map_err(|e| {
+                tracing::warn!(key, error = %e, "creating a symlink or special file failed");
+                FsError::from(e)
+            })?;
+        let now = SystemTime::now();
+        let valid_until = Instant::now() + self.cfg.metadata_ttl;
+        let mut t = self.table();
+        let ino = t.upsert_child(parent, name, kind, |i| {
+            i.size = size;
+            i.mtime = now;
+            i.ctime = now;
+            i.mtime_set = false;
+            i.perm = Some(perm);
+            i.uid = None;
+            i.gid = None;
+            i.rdev = rdev;
+            i.etag = Some(etag.clone());
+            i.version = Some((etag, None));
+            i.stored = Some(StoredMeta {
+                content_type: None,
+                storage_class: None,
+                user: opts.metadata,
+            });
+            i.link_target = (kind == Kind::Symlink).then_some(body);
+            i.attrs_pending = false;
+            i.local = false;
+            i.valid_until = valid_until;
+        });
+        Ok(self.attr_of(t.get(ino).expect("inserted")))
+    }
+
+    /// A symlink's target (its object's body; read once).
+    pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let i = self.inode(ino)?;
+        if i.kind != Kind::Symlink {
+            return Err(FsError::Invalid("not a symlink".into()));
+        }
+        if let Some(t) = i.link_target {
+            return Ok(t.into_bytes());
+        }
+        // PATH_MAX: a longer body is not a target.
+        if i.size > 4096 {
+            tracing::warn!(key = %i.key, size = i.size, "symlink object too large to be a target");
+            return Err(FsError::Io("symlink target longer than PATH_MAX".into()));
+        }
+        let g = self.store.get_object(&i.key, None).await?;
+        if let Ok(s) = std::str::from_utf8(&g.body) {
+            if let Some(n) = self.table().get_mut(ino) {
+                n.link_target = Some(s.to_string());
+            }
+        }
+        Ok(g.body.to_vec())
     }
 
     /// Renames a stored file: CopyObject to the new key (metadata kept),
