@@ -20,14 +20,15 @@ async fn head_until(
 ) -> ObjectHead {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let h = c.head_object(b, key).await.unwrap();
-        if check(&h) {
-            return h;
-        }
+        let seen = match c.head_object(b, key).await {
+            Ok(h) if check(&h) => return h,
+            Ok(h) => format!("{:?}", h.metadata),
+            Err(e) if e.is_not_found() => "no such key".to_string(),
+            Err(e) => panic!("{key}: {e}"),
+        };
         assert!(
             Instant::now() < deadline,
-            "{key}: metadata never arrived: {:?}",
-            h.metadata
+            "{key}: metadata never arrived: {seen}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -352,4 +353,83 @@ async fn rsync_a_of_a_mixed_tree() {
     std::thread::sleep(Duration::from_millis(1200));
     let again = rsync(s, &m.path("t"), &m);
     assert_eq!(transferred(&again), 0, "{again}");
+    // Nothing at all to change: not even directory times (kept on markers).
+    let out = Command::new("rsync")
+        .args(["-a", "-i"])
+        .arg(format!("{}/", s.display()))
+        .arg(m.path("t"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "rsync -i lists changes"
+    );
+    drop(m);
+    let fresh = Mounted::bucket(&b);
+    let out = Command::new("rsync")
+        .args(["-a", "-i"])
+        .arg(format!("{}/", s.display()))
+        .arg(fresh.path("t"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "a fresh mount: rsync -i lists changes"
+    );
+}
+
+/// mkdir stores the mode on the `name/` marker; chmod and utimes of a
+/// directory are written to it (a prefix-only directory gets a marker); a
+/// fresh mount reads them, before and after listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_keep_mode_and_mtime_on_their_marker() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    c.put_object(&b, "p/x", "x".into(), None, &PutOptions::default())
+        .await
+        .unwrap();
+    {
+        let m = Mounted::bucket(&b);
+        std::fs::create_dir(m.path("d")).unwrap();
+        std::fs::set_permissions(m.path("d"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let h = head_until(&c, &b, "d/", |h| {
+            meta(h, "mode") == Some(&*(libc::S_IFDIR | 0o750).to_string())
+        })
+        .await;
+        assert_eq!(h.size, 0);
+        let out = Command::new("touch")
+            .args(["-m", "-d", "@1500000000"])
+            .arg(m.path("d"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        head_until(&c, &b, "d/", |h| meta(h, "mtime") == Some("1500000000")).await;
+        std::fs::set_permissions(m.path("p"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        head_until(&c, &b, "p/", |h| {
+            meta(h, "mode") == Some(&*(libc::S_IFDIR | 0o700).to_string())
+        })
+        .await;
+    }
+    let m = Mounted::bucket(&b);
+    for _ in 0..2 {
+        let d = std::fs::metadata(m.path("d")).unwrap();
+        assert_eq!(d.mode() & 0o7777, 0o750);
+        assert_eq!(
+            d.modified().unwrap(),
+            UNIX_EPOCH + Duration::from_secs(1_500_000_000)
+        );
+        assert_eq!(
+            std::fs::metadata(m.path("p")).unwrap().mode() & 0o7777,
+            0o700
+        );
+        assert_eq!(std::fs::read(m.path("p/x")).unwrap(), b"x");
+        // Listed, past the TTL: still the same.
+        let _ = std::fs::read_dir(&m.dir).unwrap().count();
+        std::thread::sleep(Duration::from_millis(1200));
+        let _ = std::fs::read_dir(&m.dir).unwrap().count();
+    }
 }

@@ -140,6 +140,9 @@ pub struct Fs {
     me: Weak<Fs>,
 }
 
+/// Content-Type of directory markers.
+const DIR_CONTENT_TYPE: &str = "application/x-directory";
+
 /// How long attributes set on a stored object wait to be written (a rename
 /// or another change in that time is folded into the same request).
 pub const ATTR_DELAY: Duration = Duration::from_secs(1);
@@ -309,21 +312,20 @@ impl Fs {
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let name = check_name(name)?;
         let pkey = self.dir_key(parent)?;
-        let listed_file = {
+        // A directory seen in a listing: its marker (if any) holds its mode
+        // and mtime, read once. A file seen in a listing: a listing has no
+        // metadata (mode, mtime...), so one HEAD, whose result later
+        // listings keep while they show the same version.
+        let (listed_dir, listed_file) = {
             let t = self.table();
             let now = Instant::now();
             match t.child(parent, name) {
                 Some(c) if c.local || c.writer.is_some() => return Ok(self.attr_of(c)),
-                Some(c)
-                    if c.valid_until > now
-                        && (c.kind == Kind::Dir || c.version.is_some() || c.attrs_pending) =>
-                {
+                Some(c) if c.valid_until > now && (c.version.is_some() || c.attrs_pending) => {
                     return Ok(self.attr_of(c));
                 }
-                // Listed as a file, but a listing has no metadata (mode,
-                // mtime...): one HEAD, whose result later listings keep
-                // while they show the same version.
-                Some(c) if c.valid_until > now => Some(c.valid_until),
+                Some(c) if c.valid_until > now && c.kind == Kind::Dir => (Some(c.ino), None),
+                Some(c) if c.valid_until > now => (None, Some(c.valid_until)),
                 None if t
                     .get(parent)
                     .and_then(|p| p.complete_until)
@@ -331,9 +333,14 @@ impl Fs {
                 {
                     return Err(FsError::NotFound);
                 }
-                _ => None,
+                _ => (None, None),
             }
         };
+        if let Some(ino) = listed_dir {
+            self.read_dir_marker(ino).await;
+            let t = self.table();
+            return Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?));
+        }
         let key = format!("{pkey}{name}");
         if let Some(valid_until) = listed_file {
             return match self.store.head_object(&key).await {
@@ -374,14 +381,33 @@ impl Fs {
         );
         let list = list?;
         let valid_until = Instant::now() + self.cfg.metadata_ttl;
-        let mut t = self.table();
         if !list.objects.is_empty() || !list.common_prefixes.is_empty() {
-            let ino = t.upsert_child(parent, name, Kind::Dir, |i| {
-                i.valid_until = valid_until;
-                i.mtime = self.mounted_at;
-            });
-            return Ok(self.attr_of(t.get(ino).expect("inserted")));
+            let has_marker = list.objects.first().is_some_and(|o| o.key == dir_prefix);
+            let ino = {
+                let mut t = self.table();
+                let ino = t.upsert_child(parent, name, Kind::Dir, |i| {
+                    i.valid_until = valid_until;
+                    if i.version.is_none() && !i.attrs_pending {
+                        i.mtime = self.mounted_at;
+                    }
+                });
+                if !has_marker {
+                    if let Some(i) = t.get_mut(ino) {
+                        if i.version.is_none() {
+                            // No marker: nothing to read (and no HEAD next time).
+                            i.version = Some((String::new(), None));
+                        }
+                    }
+                }
+                ino
+            };
+            if has_marker {
+                self.read_dir_marker(ino).await;
+            }
+            let t = self.table();
+            return Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?));
         }
+        let mut t = self.table();
         match head {
             Ok(h) => {
                 let kind = Kind::of_object(PosixMeta::parse(&h.metadata).file_type);
@@ -502,7 +528,7 @@ impl Fs {
         let attr = self.attr_of(i);
         // A file being written gets its attributes at close; a stored one
         // soon, by a copy onto itself (or folded into a rename).
-        let stored = i.kind != Kind::Dir && !i.local && i.writer.is_none();
+        let stored = ino != ROOT && !i.local && i.writer.is_none();
         if stored && posix_of(i) != before && !self.cfg.read_only {
             i.attrs_pending = true;
             drop(t);
@@ -553,8 +579,31 @@ impl Fs {
     /// CopyObject onto itself with REPLACE; the data does not move).
     pub async fn persist_attrs(&self, ino: u64) -> FsResult<()> {
         let i = self.inode(ino)?;
-        if !i.attrs_pending || i.local || i.writer.is_some() || i.kind == Kind::Dir {
+        if !i.attrs_pending || i.local || i.writer.is_some() || ino == ROOT {
             return Ok(());
+        }
+        // Unlinked (or replaced) since: nothing to write, and a directory
+        // marker must not come back.
+        if self.table().child(i.parent, &i.name).map(|c| c.ino) != Some(ino) {
+            if let Some(n) = self.table().get_mut(ino) {
+                n.attrs_pending = false;
+            }
+            return Ok(());
+        }
+        if i.kind == Kind::Dir {
+            if let Some(n) = self.table().get_mut(ino) {
+                n.attrs_pending = false;
+            }
+            return match self.persist_dir_attrs(&i).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    if let Some(n) = self.table().get_mut(ino) {
+                        n.attrs_pending = true;
+                    }
+                    tracing::warn!(key = %i.key, error = %e, "storing directory attributes failed");
+                    Err(e)
+                }
+            };
         }
         if i.size > crate::s3::memory::MAX_SINGLE_SIZE {
             tracing::warn!(key = %i.key, size = i.size, "attributes of objects over 5 GiB are not stored yet (needs a multipart copy)");
@@ -599,6 +648,89 @@ impl Fs {
                 Err(e)
             }
         }
+    }
+
+    /// Reads a directory's mode and mtime from its `name/` marker (one
+    /// HEAD); a directory without a marker keeps the defaults. Errors only
+    /// leave the defaults (logged).
+    async fn read_dir_marker(&self, ino: u64) {
+        let Ok(d) = self.inode(ino) else { return };
+        if d.kind != Kind::Dir || ino == ROOT {
+            return;
+        }
+        let head = self.store.head_object(&d.key).await;
+        let mut t = self.table();
+        let Some(i) = t.get_mut(ino) else { return };
+        if i.attrs_pending {
+            return;
+        }
+        match head {
+            Ok(h) => {
+                let p = PosixMeta::parse(&h.metadata);
+                i.perm = p.perm;
+                i.uid = p.uid;
+                i.gid = p.gid;
+                i.mtime = p.mtime.or(h.last_modified).unwrap_or(self.mounted_at);
+                i.mtime_set = p.mtime.is_some();
+                i.version = Some((h.etag.clone(), h.last_modified));
+                i.stored = Some(StoredMeta {
+                    content_type: h.content_type,
+                    storage_class: h.storage_class,
+                    user: h.metadata,
+                });
+            }
+            Err(e) if e.is_not_found() => i.version = Some((String::new(), None)),
+            Err(e) => tracing::warn!(key = %d.key, error = %e, "reading a directory marker failed"),
+        }
+    }
+
+    /// Writes a directory's pending mode/owner/mtime onto its marker: a
+    /// CopyObject of the marker onto itself, or a new marker for a directory
+    /// that was only a prefix.
+    async fn persist_dir_attrs(&self, i: &Inode) -> FsResult<String> {
+        let existing = match &i.stored {
+            Some(m) if i.version.as_ref().is_some_and(|(e, _)| !e.is_empty()) => Some(m.clone()),
+            _ => match self.store.head_object(&i.key).await {
+                Ok(h) => Some(StoredMeta {
+                    content_type: h.content_type,
+                    storage_class: h.storage_class,
+                    user: h.metadata,
+                }),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let mut opts = PutOptions {
+            content_type: Some(DIR_CONTENT_TYPE.into()),
+            ..PutOptions::default()
+        };
+        if let Some(m) = &existing {
+            opts.content_type = m.content_type.clone().or(opts.content_type);
+            opts.storage_class = m.storage_class.clone();
+            opts.metadata = m.user.clone();
+        }
+        posix_of(i).write(&mut opts.metadata, libc::S_IFDIR);
+        let etag = match existing {
+            Some(_) => {
+                self.store
+                    .copy_object(&i.key, &i.key, &MetadataDirective::Replace(opts.clone()))
+                    .await?
+            }
+            None => {
+                self.store
+                    .put_object(&i.key, bytes::Bytes::new(), None, &opts)
+                    .await?
+            }
+        };
+        if let Some(n) = self.table().get_mut(i.ino) {
+            n.version = Some((etag.clone(), None));
+            n.stored = Some(StoredMeta {
+                content_type: opts.content_type,
+                storage_class: opts.storage_class,
+                user: opts.metadata,
+            });
+        }
+        Ok(etag)
     }
 
     /// Writes every pending attribute change (at unmount).
@@ -687,7 +819,9 @@ impl Fs {
             for name in &dirs {
                 let ino = t.upsert_child(ino, name, Kind::Dir, |i| {
                     i.valid_until = valid_until;
-                    i.mtime = self.mounted_at;
+                    if i.version.is_none() && !i.attrs_pending {
+                        i.mtime = self.mounted_at;
+                    }
                 });
                 entries.push(DirEntry {
                     ino,
@@ -1094,11 +1228,18 @@ impl Fs {
         if self.table().child(parent, name).is_some() {
             return Err(FsError::Exists);
         }
-        let opts = PutOptions {
-            content_type: Some("application/x-directory".into()),
+        let perm = (mode & 0o7777) as u16;
+        let mut opts = PutOptions {
+            content_type: Some(DIR_CONTENT_TYPE.into()),
             ..Default::default()
         };
-        self.store
+        PosixMeta {
+            perm: Some(perm),
+            ..PosixMeta::default()
+        }
+        .write(&mut opts.metadata, libc::S_IFDIR);
+        let etag = self
+            .store
             .put_object(&key, bytes::Bytes::new(), None, &opts)
             .await?;
         let now = SystemTime::now();
@@ -1107,7 +1248,13 @@ impl Fs {
         let ino = t.upsert_child(parent, name, Kind::Dir, |i| {
             i.mtime = now;
             i.ctime = now;
-            i.perm = Some((mode & 0o7777) as u16);
+            i.perm = Some(perm);
+            i.version = Some((etag, None));
+            i.stored = Some(StoredMeta {
+                content_type: opts.content_type.clone(),
+                storage_class: None,
+                user: opts.metadata.clone(),
+            });
             i.valid_until = valid_until;
             // Just made, so empty: lookups inside need no request for a while.
             i.complete_until = Some(valid_until);
