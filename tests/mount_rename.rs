@@ -179,3 +179,49 @@ async fn rsync_a_leaves_exactly_the_final_names() {
         "rsync renames only closed files"
     );
 }
+
+/// `cp` of a 30 MiB file inside the mount: GNU cp tries copy_file_range, and
+/// the server copies the object (CopyObject); the daemon sends (almost) no
+/// bytes. The copy is exact, the source untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cp_inside_the_mount_copies_on_the_server() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let body = data(30 * MIB, 5);
+    c.put_object(
+        &b,
+        "src.bin",
+        body.clone().into(),
+        None,
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    let m = Mounted::bucket(&b);
+    assert_eq!(
+        std::fs::metadata(m.path("src.bin")).unwrap().len(),
+        body.len() as u64
+    );
+    let before = m.bytes_written();
+    let out = Command::new("cp")
+        .arg(m.path("src.bin"))
+        .arg(m.path("copy.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cp: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log()
+    );
+    let sent = m.bytes_written() - before;
+    assert!(
+        sent < (MIB as u64),
+        "the daemon wrote {sent} bytes for a 30 MiB copy: data went through it\n{}",
+        m.log()
+    );
+    let g = c.get_object(&b, "copy.bin", None, None).await.unwrap();
+    assert!(g.body[..] == body[..], "copy differs");
+    assert!(c.get_object(&b, "src.bin", None, None).await.unwrap().body[..] == body[..]);
+    assert_eq!(std::fs::read(m.path("copy.bin")).unwrap(), body);
+}

@@ -1069,6 +1069,57 @@ impl Fs {
         Ok(data.len() as u32)
     }
 
+    /// copy_file_range from a stored file into a file being written (GNU cp
+    /// tries it first): recorded as a server-side copy made at close
+    /// (CopyObject, or UploadPartCopy over 5 GiB), so no data passes through
+    /// this machine. Anything else gets EOPNOTSUPP, and the kernel or cp
+    /// copies the bytes through read and write instead. Answers at most
+    /// u32::MAX bytes (the reply's limit); cp asks again for the rest.
+    pub async fn copy_file_range(
+        &self,
+        ino_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> FsResult<u32> {
+        let src = self.inode(ino_in)?;
+        if src.kind != Kind::File || src.local || src.writer.is_some() {
+            return Err(FsError::NotSupported("copy from a file not stored yet"));
+        }
+        if offset_in >= src.size {
+            return Ok(0);
+        }
+        let n = len.min(src.size - offset_in).min(u32::MAX as u64 & !0xfff);
+        let h = self.handle(fh_out)?;
+        let mut g = h.lock().await;
+        let Handle::Write(w) = &mut *g else {
+            return Err(FsError::BadHandle);
+        };
+        if w.state != WriteState::Open {
+            return Err(FsError::Io("file already completed or failed".into()));
+        }
+        if w.upload.is_none() && offset_out == 0 {
+            w.upload = Some(self.new_upload(w.key.clone(), w.ino));
+        }
+        let Some(u) = w.upload.as_mut() else {
+            return Err(FsError::NotSupported(
+                "copy into the middle of an existing object",
+            ));
+        };
+        if !u.copy_range(&src.key, offset_in, offset_out, n) {
+            return Err(FsError::NotSupported("server-side copy of this range"));
+        }
+        tracing::debug!(from = %src.key, to = %w.key, offset_in, n, "server-side copy recorded");
+        let size = u.size();
+        if let Some(i) = self.table().get_mut(w.ino) {
+            i.size = size;
+            i.mtime = SystemTime::now();
+            i.mtime_set = false;
+        }
+        Ok(n as u32)
+    }
+
     /// Completes the upload of a write handle; the object is durable when this returns Ok.
     async fn complete(&self, w: &mut WriteHandle) -> FsResult<()> {
         let Some(upload) = w.upload.take() else {

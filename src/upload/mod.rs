@@ -208,7 +208,15 @@ pub struct Upload {
     multipart: bool,
     /// Completed or aborted: the upload ID no longer names a live upload.
     ended: bool,
+    /// The file is (so far) bytes 0..n of another object, copied by the
+    /// server at close: (source key, n).
+    copy: Option<(String, u64)>,
 }
+
+/// Largest CopyObject (S3's limit); larger copies are multipart.
+pub const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
+/// Smallest part of a multipart server-side copy.
+const COPY_PART: u64 = 512 * 1024 * 1024;
 
 /// Bytes the tail asks the allocator for before it knows the file is large.
 const FIRST_ALLOCATION: usize = 256 * 1024;
@@ -239,6 +247,7 @@ impl Upload {
             failed: None,
             multipart: false,
             ended: false,
+            copy: None,
         }
     }
 
@@ -265,7 +274,31 @@ impl Upload {
 
     /// Bytes written so far (the file size).
     pub fn size(&self) -> u64 {
-        self.tail_start + self.tail.len() as u64
+        match &self.copy {
+            Some((_, n)) => *n,
+            None => self.tail_start + self.tail.len() as u64,
+        }
+    }
+
+    /// Makes bytes `src_off..src_off + len` of object `src_key` the bytes at
+    /// `dst_off` of this file, copied by the server at close, with no data
+    /// through this machine. Only as the whole content so far: a file that
+    /// is empty, or already a copy of `src_key` up to `dst_off == src_off`.
+    /// Returns false (nothing changed) otherwise: the caller copies bytes.
+    pub fn copy_range(&mut self, src_key: &str, src_off: u64, dst_off: u64, len: u64) -> bool {
+        if self.failed.is_some() || src_off != dst_off || len == 0 {
+            return false;
+        }
+        let pristine = self.copy.is_none() && self.size() == 0 && !self.multipart;
+        let continues = matches!(&self.copy, Some((k, n)) if k == src_key && *n == dst_off);
+        if !(pristine && dst_off == 0 || continues) {
+            return false;
+        }
+        if dst_off + len > self.cfg.schedule.max_file_size().max(MAX_COPY_OBJECT) {
+            return false;
+        }
+        self.copy = Some((src_key.to_string(), dst_off + len));
+        true
     }
 
     /// Parts confirmed by the server, and parts on their way.
@@ -334,6 +367,11 @@ impl Upload {
     }
 
     async fn try_write(&mut self, offset: u64, data: &[u8]) -> Result<(), UploadError> {
+        if let Some((src, _)) = &self.copy {
+            return Err(UploadError::Failed(format!(
+                "a write after a server-side copy from {src} into the same file is not supported"
+            )));
+        }
         let end = offset + data.len() as u64;
         let max = self.cfg.schedule.max_file_size();
         if end > max {
@@ -378,6 +416,11 @@ impl Upload {
             return Err(UploadError::Failed(f.clone()));
         }
         let size = self.size();
+        if self.copy.is_some() && new_size != size {
+            return Err(UploadError::Failed(
+                "resizing a file made by a server-side copy is not supported".into(),
+            ));
+        }
         if new_size >= size {
             let max = self.cfg.schedule.max_file_size();
             if new_size > max {
@@ -544,6 +587,9 @@ impl Upload {
         if let Some(f) = &self.failed {
             return Err(UploadError::Failed(f.clone()));
         }
+        if let Some((src, n)) = self.copy.clone() {
+            return self.finish_copy(&src, n).await;
+        }
         let size = self.size();
         let first = self.held.take().map(|h| h.take());
         let created = self.multipart;
@@ -636,6 +682,81 @@ impl Upload {
             size,
             parts: parts.len() as u32,
         })
+    }
+
+    /// A server-side copy: one CopyObject when it is a whole object of at
+    /// most 5 GiB, else UploadPartCopy ranges (a few in flight) and Complete.
+    /// The server copies bytes it holds, so there is no MD5 of ours to check.
+    async fn finish_copy(&mut self, src: &str, n: u64) -> Result<Finished, UploadError> {
+        let store = self.target.store.clone();
+        let key = self.target.key.clone();
+        let whole = store.head_object(src).await.map(|h| h.size == n);
+        if n <= MAX_COPY_OBJECT && matches!(whole, Ok(true)) {
+            let d = crate::s3::MetadataDirective::Replace(self.target.opts.clone());
+            return match store.copy_object(src, &key, &d).await {
+                Ok(etag) => Ok(Finished {
+                    etag,
+                    size: n,
+                    parts: 0,
+                }),
+                Err(e) => Err(self.fail(format!("CopyObject from {src}: {e}"))),
+            };
+        }
+        if let Err(e) = whole {
+            return Err(self.fail(format!("HEAD of copy source {src}: {e}")));
+        }
+        self.multipart = true;
+        let upload_id = match self.target.upload_id().await {
+            Ok(id) => id,
+            Err(e) => return Err(self.fail(format!("CreateMultipartUpload: {e}"))),
+        };
+        let part = COPY_PART.max(n.div_ceil(schedule::MAX_PARTS as u64));
+        let mut tasks: JoinSet<Result<(u32, String), S3Error>> = JoinSet::new();
+        let mut parts = Vec::new();
+        let mut start = 0u64;
+        let mut number = 1u32;
+        while start < n || !tasks.is_empty() {
+            if start < n && tasks.len() < self.cfg.max_in_flight.max(1) {
+                let end = (start + part).min(n);
+                let (store, key, src, id) = (
+                    store.clone(),
+                    key.clone(),
+                    src.to_string(),
+                    upload_id.clone(),
+                );
+                tasks.spawn(async move {
+                    let etag = store
+                        .upload_part_copy(&key, &id, number, &src, start..end)
+                        .await?;
+                    Ok((number, etag))
+                });
+                start = end;
+                number += 1;
+                continue;
+            }
+            match tasks.join_next().await {
+                Some(Ok(Ok(p))) => parts.push(p),
+                Some(Ok(Err(e))) => return Err(self.fail(format!("UploadPartCopy: {e}"))),
+                Some(Err(e)) => return Err(self.fail(format!("copy task: {e}"))),
+                None => break,
+            }
+        }
+        parts.sort();
+        let count = parts.len() as u32;
+        match store
+            .complete_multipart_upload(&key, &upload_id, &parts)
+            .await
+        {
+            Ok(etag) => {
+                self.ended = true;
+                Ok(Finished {
+                    etag,
+                    size: n,
+                    parts: count,
+                })
+            }
+            Err(e) => Err(self.fail(format!("CompleteMultipartUpload: {e}"))),
+        }
     }
 
     /// Stops everything and aborts the multipart upload, if one was created.

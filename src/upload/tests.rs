@@ -336,3 +336,52 @@ async fn past_the_largest_file_is_too_large() {
     u.abort().await;
     assert!(store.uploads().is_empty());
 }
+
+/// A server-side copy: the whole object is one CopyObject; a prefix of it,
+/// built from contiguous ranges, is UploadPartCopy. Ranges that are not the
+/// whole content so far are refused (the caller copies bytes instead), and a
+/// write after a copy fails the file.
+#[tokio::test]
+async fn server_side_copies() {
+    let store = Arc::new(MemoryStore::new());
+    let body = data(12 * MIB, 8);
+    store.insert_object("src", body.clone().into(), &PutOptions::default());
+
+    let mut whole = upload(&store, "whole", cfg(5 * MIB, 2));
+    assert!(whole.copy_range("src", 0, 0, 12 * MIB as u64));
+    let f = whole.finish().await.unwrap();
+    assert_eq!((f.size, f.parts), (12 * MIB as u64, 0));
+    assert_eq!(store.calls(Op::CopyObject), 1);
+    assert!(store.object("whole").unwrap().body[..] == body[..]);
+
+    let mut prefix = upload(&store, "prefix", cfg(5 * MIB, 2));
+    assert!(prefix.copy_range("src", 0, 0, 6 * MIB as u64));
+    assert!(
+        !prefix.copy_range("src", 7 * MIB as u64, 7 * MIB as u64, 1),
+        "gap"
+    );
+    assert!(
+        !prefix.copy_range("other", 6 * MIB as u64, 6 * MIB as u64, 1),
+        "other source"
+    );
+    assert!(prefix.copy_range("src", 6 * MIB as u64, 6 * MIB as u64, 4 * MIB as u64));
+    assert_eq!(prefix.size(), 10 * MIB as u64);
+    let f = prefix.finish().await.unwrap();
+    assert_eq!(f.parts, 1);
+    assert!(store.object("prefix").unwrap().body[..] == body[..10 * MIB]);
+
+    let mut written = upload(&store, "written", cfg(5 * MIB, 2));
+    written.write(0, b"bytes").await.unwrap();
+    assert!(
+        !written.copy_range("src", 5, 5, 10),
+        "not the whole content"
+    );
+    written.finish().await.unwrap();
+
+    let mut mixed = upload(&store, "mixed", cfg(5 * MIB, 2));
+    assert!(mixed.copy_range("src", 0, 0, MIB as u64));
+    assert!(mixed.write(MIB as u64, b"x").await.is_err());
+    assert!(mixed.finish().await.is_err());
+    assert!(store.object("mixed").is_none());
+    assert!(store.uploads().is_empty());
+}

@@ -100,6 +100,23 @@ impl Mounted {
         self.dir.join(rel)
     }
 
+    /// The daemon's process ID (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Bytes the daemon has written with write(2)-like calls (sockets and
+    /// /dev/fuse included), from /proc/PID/io.
+    pub fn bytes_written(&self) -> u64 {
+        let pid = self.pid().expect("daemon running");
+        std::fs::read_to_string(format!("/proc/{pid}/io"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("wchar: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("wchar in /proc/PID/io")
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
