@@ -225,3 +225,69 @@ async fn cp_inside_the_mount_copies_on_the_server() {
     assert!(c.get_object(&b, "src.bin", None, None).await.unwrap().body[..] == body[..]);
     assert_eq!(std::fs::read(m.path("copy.bin")).unwrap(), body);
 }
+
+/// `>>` onto a 6 MiB object: the existing bytes are copied by the server
+/// (UploadPartCopy), only the new bytes are sent; Content-Type and metadata
+/// stay. `>>` onto a small object re-sends its few bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appending_with_shell_redirection() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let big = data(6 * MIB, 6);
+    let mut opts = PutOptions {
+        content_type: Some("text/plain".into()),
+        ..PutOptions::default()
+    };
+    opts.metadata.insert("color".into(), "blue".into());
+    c.put_object(&b, "big.log", big.clone().into(), None, &opts)
+        .await
+        .unwrap();
+    c.put_object(
+        &b,
+        "small.log",
+        "one\n".into(),
+        None,
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    let m = Mounted::bucket(&b);
+    let before = m.bytes_written();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'appended\\n' >> '{}' && printf 'two\\n' >> '{}'",
+            m.path("big.log").display(),
+            m.path("small.log").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log()
+    );
+    let sent = m.bytes_written() - before;
+    assert!(
+        sent < (MIB as u64),
+        "the daemon wrote {sent} bytes for a 9-byte append"
+    );
+    let g = c.get_object(&b, "big.log", None, None).await.unwrap();
+    assert_eq!(g.body.len(), big.len() + 9);
+    assert!(g.body[..big.len()] == big[..] && &g.body[big.len()..] == b"appended\n");
+    let h = c.head_object(&b, "big.log").await.unwrap();
+    assert_eq!(h.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(meta_of(&h, "color"), Some("blue"));
+    let g = c.get_object(&b, "small.log", None, None).await.unwrap();
+    assert_eq!(&g.body[..], b"one\ntwo\n");
+    assert_eq!(
+        std::fs::read(m.path("small.log")).unwrap(),
+        b"one\ntwo\n",
+        "the mount shows the new size at once"
+    );
+}
+
+fn meta_of<'a>(h: &'a ObjectHead, k: &str) -> Option<&'a str> {
+    h.metadata.get(k).map(String::as_str)
+}

@@ -82,6 +82,17 @@ impl PosixMeta {
     }
 }
 
+impl PosixMeta {
+    /// Like [`write`](Self::write), and drops a stored mtime this one does
+    /// not set (the content changed since: Last-Modified is the mtime).
+    pub fn apply(&self, meta: &mut BTreeMap<String, String>, file_type: u32) {
+        if self.mtime.is_none() {
+            meta.remove(MTIME);
+        }
+        self.write(meta, file_type);
+    }
+}
+
 /// `1700000000` or `1700000000.5` or `1700000000.123456789`; `None` for
 /// anything else (negative times included).
 pub fn parse_time(s: &str) -> Option<SystemTime> {

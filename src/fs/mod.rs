@@ -566,7 +566,7 @@ impl Fs {
             }
         };
         let mut user = stored.user;
-        posix_of(i).write(&mut user, i.kind.type_bits());
+        posix_of(i).apply(&mut user, i.kind.type_bits());
         Ok(PutOptions {
             content_type: stored.content_type,
             metadata: user,
@@ -709,7 +709,7 @@ impl Fs {
             opts.storage_class = m.storage_class.clone();
             opts.metadata = m.user.clone();
         }
-        posix_of(i).write(&mut opts.metadata, libc::S_IFDIR);
+        posix_of(i).apply(&mut opts.metadata, libc::S_IFDIR);
         let etag = match existing {
             Some(_) => {
                 self.store
@@ -906,6 +906,65 @@ impl Fs {
         Ok(())
     }
 
+    /// An upload that appends to the stored object of `i` (`>>`, `rsync
+    /// --append`): from 5 MiB on, the existing bytes become the first parts
+    /// by UploadPartCopy (the server copies them); a smaller object is read
+    /// and re-sent. The object keeps its Content-Type and metadata; the old
+    /// object stays until the new one completes.
+    async fn append_upload(&self, i: &Inode) -> FsResult<Upload> {
+        let stored = match &i.stored {
+            Some(m) => m.clone(),
+            None => {
+                let h = self.store.head_object(&i.key).await?;
+                if h.size != i.size {
+                    return Err(FsError::Io(format!(
+                        "{} changed on the server ({} bytes, {} expected)",
+                        i.key, h.size, i.size
+                    )));
+                }
+                StoredMeta {
+                    content_type: h.content_type,
+                    storage_class: h.storage_class,
+                    user: h.metadata,
+                }
+            }
+        };
+        let mut opts = PutOptions {
+            content_type: stored.content_type,
+            storage_class: stored.storage_class,
+            metadata: stored.user,
+            ..PutOptions::default()
+        };
+        // The content changes: Last-Modified becomes the mtime.
+        PosixMeta {
+            mtime: None,
+            ..posix_of(i)
+        }
+        .apply(&mut opts.metadata, libc::S_IFREG);
+        let cfg = self.cfg.upload.clone();
+        if i.size >= crate::upload::schedule::MIN_PART {
+            return Ok(Upload::new_append(
+                self.store.clone(),
+                i.key.clone(),
+                opts,
+                cfg,
+                i.size,
+            ));
+        }
+        let g = self.store.get_object(&i.key, None).await?;
+        if g.body.len() as u64 != i.size {
+            return Err(FsError::Io(format!(
+                "{} changed on the server ({} bytes, {} expected)",
+                i.key,
+                g.body.len(),
+                i.size
+            )));
+        }
+        let mut u = Upload::new(self.store.clone(), i.key.clone(), opts, cfg);
+        u.write(0, &g.body).await?;
+        Ok(u)
+    }
+
     /// A new upload of `key` for inode `ino`, created with its attributes.
     fn new_upload(&self, key: String, ino: u64) -> Upload {
         let mut opts = PutOptions::default();
@@ -992,10 +1051,6 @@ impl Fs {
         if inode.writer.is_some() {
             return Err(FsError::Busy("file is already open for writing"));
         }
-        if flags & libc::O_APPEND != 0 && inode.size > 0 {
-            tracing::warn!(key = %inode.key, "append to an existing object is not supported yet");
-            return Err(FsError::NotSupported("append to an existing object"));
-        }
         let trunc = flags & libc::O_TRUNC != 0 || inode.size == 0;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.insert_handle(
@@ -1045,13 +1100,20 @@ impl Fs {
             return Err(FsError::Io("file already completed or failed".into()));
         }
         if w.upload.is_none() {
-            if offset != 0 {
-                tracing::warn!(key = %w.key, offset, "write into an existing object not starting at offset 0");
+            let existing = self.inode(w.ino)?;
+            if offset == 0 {
+                w.upload = Some(self.new_upload(w.key.clone(), w.ino));
+            } else if offset == existing.size {
+                w.upload = Some(self.append_upload(&existing).await.inspect_err(|e| {
+                    tracing::warn!(key = %w.key, error = %e, "append refused");
+                })?);
+            } else {
+                tracing::warn!(key = %w.key, offset, size = existing.size, "write into an existing object neither at 0 nor at its end");
                 return Err(FsError::Invalid(format!(
-                    "write at {offset} into existing object"
+                    "write at {offset} into existing object of {} bytes",
+                    existing.size
                 )));
             }
-            w.upload = Some(self.new_upload(w.key.clone(), w.ino));
         }
         let u = w.upload.as_mut().expect("set above");
         if let Err(e) = u.write(offset, data).await {
@@ -1145,9 +1207,7 @@ impl Fs {
         let mut upload = upload;
         let now_posix = self.table().get(w.ino).map(posix_of).unwrap_or_default();
         if !upload.is_multipart() {
-            let mut meta = std::collections::BTreeMap::new();
-            now_posix.write(&mut meta, libc::S_IFREG);
-            upload.options_mut().metadata = meta;
+            now_posix.apply(&mut upload.options_mut().metadata, libc::S_IFREG);
         }
         let sent = upload.options().clone();
         match upload.finish().await {

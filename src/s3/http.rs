@@ -147,6 +147,18 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The 16 bytes of a 32-digit hex MD5 (an ETag without quotes), if it is one.
+pub fn parse_hex_md5(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The ETag S3 gives a multipart object: MD5 of the concatenated binary part MD5s, then `-N`.
 pub fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
     let mut h = Md5::new();
@@ -965,6 +977,15 @@ mod tests {
             assert!(c.target("b", Some(k)).is_ok(), "{k}");
         }
         assert!(c.target("b", Some("")).is_err());
+    }
+
+    #[test]
+    fn hex_md5_round_trips() {
+        let m = md5_of(b"abc");
+        assert_eq!(parse_hex_md5(&hex(&m)), Some(m));
+        assert_eq!(parse_hex_md5("xyz"), None);
+        assert_eq!(parse_hex_md5(&"g".repeat(32)), None);
+        assert_eq!(parse_hex_md5(&format!("{}-2", &hex(&m)[..30])), None);
     }
 
     #[test]

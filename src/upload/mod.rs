@@ -157,6 +157,8 @@ struct HeldPart {
     state: Mutex<HeldState>,
     target: Target,
     rt: tokio::runtime::Handle,
+    /// Its part number on the wire (1, or after an append's copied parts).
+    number: u32,
 }
 
 impl HeldPart {
@@ -181,7 +183,7 @@ impl Spill for HeldPart {
         tracing::info!(key = %self.target.key, bytes = body.len(), "memory short: sending the held first part now; later writes into it will fail");
         let task = self
             .rt
-            .spawn(self.target.clone().send(1, body.freeze(), grant));
+            .spawn(self.target.clone().send(self.number, body.freeze(), grant));
         *st = HeldState::Spilled(task);
     }
 
@@ -211,6 +213,11 @@ pub struct Upload {
     /// The file is (so far) bytes 0..n of another object, copied by the
     /// server at close: (source key, n).
     copy: Option<(String, u64)>,
+    /// Appending: the first `base` bytes are the existing object at the key,
+    /// copied by the server as the first `prefix_parts` parts; written bytes
+    /// follow them.
+    base: u64,
+    prefix_parts: u32,
 }
 
 /// Largest CopyObject (S3's limit); larger copies are multipart.
@@ -248,7 +255,31 @@ impl Upload {
             multipart: false,
             ended: false,
             copy: None,
+            base: 0,
+            prefix_parts: 0,
         }
+    }
+
+    /// Starts an append to the existing object at `key` of `existing` bytes
+    /// (at least 5 MiB, S3's smallest part): at close its bytes become the
+    /// first parts by UploadPartCopy (no data through this machine), and the
+    /// bytes written after them follow. The old object stays until then.
+    pub fn new_append(
+        store: Arc<dyn ObjectStore>,
+        key: String,
+        opts: PutOptions,
+        cfg: UploadConfig,
+        existing: u64,
+    ) -> Self {
+        let mut u = Upload::new(store, key, opts, cfg);
+        u.base = existing;
+        u.prefix_parts = existing.div_ceil(MAX_COPY_OBJECT).max(1) as u32;
+        u
+    }
+
+    /// Bytes written into this upload's own parts.
+    fn data_size(&self) -> u64 {
+        self.tail_start + self.tail.len() as u64
     }
 
     /// The key this upload writes.
@@ -276,7 +307,7 @@ impl Upload {
     pub fn size(&self) -> u64 {
         match &self.copy {
             Some((_, n)) => *n,
-            None => self.tail_start + self.tail.len() as u64,
+            None => self.base + self.data_size(),
         }
     }
 
@@ -289,7 +320,7 @@ impl Upload {
         if self.failed.is_some() || src_off != dst_off || len == 0 {
             return false;
         }
-        let pristine = self.copy.is_none() && self.size() == 0 && !self.multipart;
+        let pristine = self.copy.is_none() && self.size() == 0 && !self.multipart && self.base == 0;
         let continues = matches!(&self.copy, Some((k, n)) if k == src_key && *n == dst_off);
         if !(pristine && dst_off == 0 || continues) {
             return false;
@@ -322,6 +353,15 @@ impl Upload {
     /// Whether part 1 is held in memory (not sent early).
     pub fn holds_first_part(&self) -> bool {
         self.held.as_ref().is_some_and(|h| h.holds())
+    }
+
+    /// The largest this file may grow: 10,000 parts, less an append's copied ones.
+    fn max_size(&self) -> u64 {
+        self.base
+            + self
+                .cfg
+                .schedule
+                .part_start(schedule::MAX_PARTS + 1 - self.prefix_parts)
     }
 
     fn part1_len(&self) -> u64 {
@@ -372,12 +412,21 @@ impl Upload {
                 "a write after a server-side copy from {src} into the same file is not supported"
             )));
         }
+        if offset < self.base {
+            // Into the existing object being appended to: it is not here.
+            return Err(UploadError::IntoSentPart {
+                offset,
+                part: 1,
+                size: self.size(),
+            });
+        }
         let end = offset + data.len() as u64;
-        let max = self.cfg.schedule.max_file_size();
+        let max = self.max_size();
         if end > max {
             return Err(UploadError::TooLarge { end, max });
         }
-        let size = self.size();
+        let offset = offset - self.base;
+        let size = self.data_size();
         if offset < size {
             self.check_rewritable(offset, end.min(size))?;
         }
@@ -401,7 +450,7 @@ impl Upload {
             pos += n as u64;
             d = &d[n..];
         }
-        if pos < self.size() && !d.is_empty() {
+        if pos < self.data_size() && !d.is_empty() {
             let idx = (pos - self.tail_start) as usize;
             let n = d.len().min(self.tail.len() - idx);
             self.tail[idx..idx + n].copy_from_slice(&d[..n]);
@@ -415,14 +464,22 @@ impl Upload {
         if let Some(f) = &self.failed {
             return Err(UploadError::Failed(f.clone()));
         }
-        let size = self.size();
-        if self.copy.is_some() && new_size != size {
+        if self.copy.is_some() && new_size != self.size() {
             return Err(UploadError::Failed(
                 "resizing a file made by a server-side copy is not supported".into(),
             ));
         }
+        if new_size < self.base {
+            return Err(UploadError::IntoSentPart {
+                offset: new_size,
+                part: 1,
+                size: self.size(),
+            });
+        }
+        let new_size = new_size - self.base;
+        let size = self.data_size();
         if new_size >= size {
-            let max = self.cfg.schedule.max_file_size();
+            let max = self.max_size() - self.base;
             if new_size > max {
                 return Err(UploadError::TooLarge { end: new_size, max });
             }
@@ -466,7 +523,7 @@ impl Upload {
                 .map_err(|e| match e {
                     BudgetError::TooLarge { .. } => UploadError::TooLarge {
                         end: self.size() + want as u64,
-                        max: self.cfg.schedule.max_file_size(),
+                        max: self.max_size(),
                     },
                     e => UploadError::NoMemory(e),
                 })?;
@@ -522,6 +579,7 @@ impl Upload {
                 state: Mutex::new(HeldState::Held(full, grant)),
                 target: self.target.clone(),
                 rt: tokio::runtime::Handle::current(),
+                number: 1 + self.prefix_parts,
             });
             let weak: Weak<dyn Spill> = Arc::downgrade(&(held.clone() as Arc<dyn Spill>));
             self.cfg.budget.register(weak);
@@ -566,8 +624,11 @@ impl Upload {
             self.reap_one().await?;
         }
         self.multipart = true;
-        self.in_flight
-            .spawn(self.target.clone().send(number, body, grant));
+        self.in_flight.spawn(
+            self.target
+                .clone()
+                .send(number + self.prefix_parts, body, grant),
+        );
         Ok(())
     }
 
@@ -593,11 +654,15 @@ impl Upload {
         let size = self.size();
         let first = self.held.take().map(|h| h.take());
         let created = self.multipart;
-        let single = match &first {
-            None => !created,
-            Some(HeldState::Held(..)) => !created && self.tail.is_empty(),
-            Some(_) => false,
-        };
+        let single = self.base == 0
+            && match &first {
+                None => !created,
+                Some(HeldState::Held(..)) => !created && self.tail.is_empty(),
+                Some(_) => false,
+            };
+        if self.base > 0 {
+            self.spawn_prefix_copies();
+        }
         if single {
             let body = match first {
                 Some(HeldState::Held(b, _)) => b,
@@ -665,7 +730,10 @@ impl Upload {
         self.ended = true;
         let expected = multipart_etag(&md5s);
         let got = bare_etag(&etag);
-        if got != expected {
+        // A copied part whose ETag was not an MD5 (a vendor's or an
+        // encrypted one) leaves nothing to compare with.
+        let verifiable = md5s.iter().all(|m| *m != [0; 16]);
+        if verifiable && got != expected {
             if looks_like_multipart_etag(&got)
                 && crate::s3::Sse::etag_is_md5(self.target.opts.sse.as_ref())
             {
@@ -682,6 +750,31 @@ impl Upload {
             size,
             parts: parts.len() as u32,
         })
+    }
+
+    /// An append's first parts: UploadPartCopy of the existing object at the
+    /// key, in pieces of at most 5 GiB (each at least 5 MiB: the caller
+    /// appends this way only to objects of 5 MiB or more).
+    fn spawn_prefix_copies(&mut self) {
+        self.multipart = true;
+        let k = self.prefix_parts as u64;
+        let piece = self.base.div_ceil(k);
+        for i in 0..k {
+            let range = i * piece..((i + 1) * piece).min(self.base);
+            let t = self.target.clone();
+            let number = i as u32 + 1;
+            self.in_flight.spawn(async move {
+                let id = t.upload_id().await?;
+                let etag = t
+                    .store
+                    .upload_part_copy(&t.key, &id, number, &t.key, range)
+                    .await?;
+                // The ETag of a copied part is the MD5 of its bytes (S3):
+                // the check at Complete then covers the server's assembly.
+                let md5 = crate::s3::parse_hex_md5(&bare_etag(&etag)).unwrap_or([0; 16]);
+                Ok(SentPart { number, etag, md5 })
+            });
+        }
     }
 
     /// A server-side copy: one CopyObject when it is a whole object of at

@@ -385,3 +385,61 @@ async fn server_side_copies() {
     assert!(store.object("mixed").is_none());
     assert!(store.uploads().is_empty());
 }
+
+/// Appending to a 7 MiB object: its bytes become part 1 by UploadPartCopy,
+/// the written bytes follow as parts 2.., the old object stays until
+/// Complete, and a write below the old end is refused.
+#[tokio::test]
+async fn appends_copy_the_existing_object_as_the_first_part() {
+    let store = Arc::new(MemoryStore::new());
+    let old = data(7 * MIB, 11);
+    store.insert_object("log", old.clone().into(), &PutOptions::default());
+    let mut u = Upload::new_append(
+        store.clone(),
+        "log".into(),
+        PutOptions::default(),
+        cfg(5 * MIB, 2),
+        7 * MIB as u64,
+    );
+    assert_eq!(u.size(), 7 * MIB as u64);
+    let more = data(12 * MIB, 12);
+    for chunk in more.chunks(MIB) {
+        let off = u.size();
+        u.write(off, chunk).await.unwrap();
+    }
+    assert!(
+        store.object("log").unwrap().body[..] == old[..],
+        "old object until Complete"
+    );
+    let e = u.write(MIB as u64, b"patch").await.unwrap_err();
+    assert!(matches!(e, UploadError::IntoSentPart { .. }), "{e}");
+    // That refusal doomed the file; nothing changed. Again, cleanly:
+    assert!(u.finish().await.is_err());
+    assert!(
+        store.object("log").unwrap().body[..] == old[..],
+        "a failed append changes nothing"
+    );
+    assert!(store.uploads().is_empty());
+
+    let mut u = Upload::new_append(
+        store.clone(),
+        "log".into(),
+        PutOptions::default(),
+        cfg(5 * MIB, 2),
+        7 * MIB as u64,
+    );
+    for chunk in more.chunks(MIB) {
+        let off = u.size();
+        u.write(off, chunk).await.unwrap();
+    }
+    let f = u.finish().await.unwrap();
+    assert_eq!(f.parts, 4, "1 copied + 5 + 5 + 2 MiB");
+    assert_eq!(f.size, 19 * MIB as u64);
+    let got = store.object("log").unwrap().body;
+    assert!(got[..7 * MIB] == old[..] && got[7 * MIB..] == more[..]);
+    assert_eq!(
+        store.calls(Op::UploadPartCopy),
+        1,
+        "only the append that finished copied"
+    );
+}
