@@ -93,37 +93,81 @@ async fn renaming_a_file_moves_the_object() {
     );
 }
 
-/// `mv` of a directory works through mv's own copy fallback (EXDEV).
+/// rename(2) of a directory: every key under it (markers included) is
+/// copied on the server to the new prefix and the old keys deleted; no data
+/// passes through the daemon. Onto a non-empty directory: ENOTEMPTY; onto
+/// an empty one: replaces it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mv_of_a_directory_moves_every_key() {
+async fn renaming_a_directory_moves_every_key() {
     let c = client();
     let b = fresh_bucket(&c).await;
+    // A prefix-only directory (no markers), made by another client.
+    c.put_object(&b, "d/p/three", "333".into(), None, &PutOptions::default())
+        .await
+        .unwrap();
     let m = Mounted::bucket(&b);
     std::fs::create_dir_all(m.path("d/e")).unwrap();
     std::fs::write(m.path("d/one"), b"1").unwrap();
     std::fs::write(m.path("d/e/two"), b"22").unwrap();
+    let big = data(7 * MIB, 3);
+    std::fs::write(m.path("d/big"), &big).unwrap();
+    std::fs::create_dir(m.path("full")).unwrap();
+    std::fs::write(m.path("full/x"), b"x").unwrap();
+    let e = std::fs::rename(m.path("d"), m.path("full")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{e}");
+    std::fs::create_dir(m.path("empty")).unwrap();
+
+    let before = m.bytes_written();
     let out = Command::new("mv")
         .arg(m.path("d"))
-        .arg(m.path("moved"))
+        .arg(m.path("empty"))
         .output()
         .unwrap();
+    // mv into an existing directory moves d inside it; rename over it instead:
     assert!(
         out.status.success(),
         "mv: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let k = keys(&c, &b).await;
-    assert!(k.iter().all(|k| k.starts_with("moved/")), "{k:?}");
+    std::fs::rename(m.path("empty/d"), m.path("moved")).unwrap();
+    let sent = m.bytes_written() - before;
     assert!(
-        k.contains(&"moved/one".to_string()) && k.contains(&"moved/e/two".to_string()),
-        "{k:?}"
+        sent < MIB as u64,
+        "the daemon wrote {sent} bytes: data went through it"
     );
+    let k = keys(&c, &b).await;
     assert_eq!(
-        &c.get_object(&b, "moved/e/two", None, None)
+        k,
+        [
+            "empty/",
+            "full/",
+            "full/x",
+            "moved/big",
+            "moved/e/",
+            "moved/e/two",
+            "moved/one",
+            "moved/p/three"
+        ],
+        "exactly the moved keys, markers included"
+    );
+    assert!(
+        c.get_object(&b, "moved/big", None, None)
+            .await
+            .unwrap()
+            .body[..]
+            == big[..]
+    );
+    assert_eq!(std::fs::read(m.path("moved/e/two")).unwrap(), b"22");
+    assert_eq!(std::fs::read(m.path("moved/p/three")).unwrap(), b"333");
+    assert!(!m.path("d").exists() && !m.path("empty/d").exists());
+    // Files under the moved directory still work.
+    std::fs::write(m.path("moved/e/new"), b"n").unwrap();
+    assert_eq!(
+        &c.get_object(&b, "moved/e/new", None, None)
             .await
             .unwrap()
             .body[..],
-        b"22"
+        b"n"
     );
 }
 

@@ -227,12 +227,35 @@ impl InodeTable {
         let pkey = self.inodes.get(&newparent)?.key.clone();
         let ino = self.children.remove(&(parent, name.to_string()))?;
         let replaced = self.children.insert((newparent, newname.to_string()), ino);
+        let mut moved_dir = None;
         if let Some(i) = self.inodes.get_mut(&ino) {
             i.parent = newparent;
             i.name = newname.to_string();
-            i.key = format!("{pkey}{newname}");
+            let old = std::mem::take(&mut i.key);
+            i.key = match i.kind {
+                Kind::Dir => format!("{pkey}{newname}/"),
+                _ => format!("{pkey}{newname}"),
+            };
+            if i.kind == Kind::Dir {
+                moved_dir = Some((old, i.key.clone()));
+            }
+        }
+        // Everything known under a moved directory follows it.
+        if let Some((old, new)) = moved_dir {
+            for i in self.inodes.values_mut() {
+                if i.ino != ino && i.key.starts_with(&old) {
+                    i.key = format!("{new}{}", &i.key[old.len()..]);
+                }
+            }
         }
         replaced.filter(|r| *r != ino)
+    }
+
+    /// Whether a file under `prefix` is being written or not stored yet.
+    pub fn busy_under(&self, prefix: &str) -> bool {
+        self.inodes
+            .values()
+            .any(|i| i.key.starts_with(prefix) && (i.local || i.writer.is_some()))
     }
 
     /// Children known locally that are not stored yet or being written (they

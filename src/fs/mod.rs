@@ -140,6 +140,9 @@ pub struct Fs {
     me: Weak<Fs>,
 }
 
+/// Requests at once when renaming a directory.
+const RENAME_CONCURRENCY: usize = 16;
+
 /// Content-Type of directory markers.
 const DIR_CONTENT_TYPE: &str = "application/x-directory";
 
@@ -1430,6 +1433,159 @@ impl Fs {
         Ok(())
     }
 
+    /// Copies an object over 5 GiB on the server (multipart, UploadPartCopy).
+    async fn copy_large(
+        &self,
+        src: &str,
+        dst: &str,
+        size: u64,
+        opts: PutOptions,
+    ) -> FsResult<String> {
+        let mut u = Upload::new(
+            self.store.clone(),
+            dst.to_string(),
+            opts,
+            self.cfg.upload.clone(),
+        );
+        if !u.copy_range(src, 0, 0, size) {
+            return Err(FsError::Io(format!("cannot copy {src} on the server")));
+        }
+        Ok(u.finish().await?.etag)
+    }
+
+    /// Renames a directory: every key under its prefix (markers included)
+    /// is copied to the new prefix, a few at a time, then the old keys are
+    /// deleted. Not atomic: a failed copy deletes the copies made and
+    /// changes nothing; a failed delete leaves those old keys (EIO, logged).
+    async fn rename_dir(
+        &self,
+        src: &Inode,
+        newparent: u64,
+        newname: &str,
+        flags: u32,
+    ) -> FsResult<()> {
+        let dst_prefix = format!("{}{newname}/", self.dir_key(newparent)?);
+        if dst_prefix == src.key {
+            return Ok(());
+        }
+        if dst_prefix.starts_with(&src.key) {
+            return Err(FsError::Invalid(
+                "a directory cannot move into itself".into(),
+            ));
+        }
+        if self.table().busy_under(&src.key) {
+            return Err(FsError::Busy("a file in the directory is being written"));
+        }
+        match self.lookup(newparent, OsStr::new(newname)).await {
+            Ok(_) if flags & libc::RENAME_NOREPLACE != 0 => return Err(FsError::Exists),
+            Ok(a) if a.kind != Kind::Dir => return Err(FsError::NotDir),
+            Ok(_) => {
+                let page = self
+                    .store
+                    .list_objects_page(&dst_prefix, None, None, Some(2))
+                    .await?;
+                if page.objects.iter().any(|o| o.key != dst_prefix) {
+                    return Err(FsError::NotEmpty);
+                }
+            }
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        // Every key under the old prefix.
+        let mut keys: Vec<(String, u64)> = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_objects_page(&src.key, None, token.as_deref(), None)
+                .await?;
+            keys.extend(page.objects.into_iter().map(|o| (o.key, o.size)));
+            match page.next_token {
+                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
+                Some(_) => return Err(FsError::Io("listing repeated a continuation token".into())),
+                None => break,
+            }
+        }
+        let new_key = |k: &str| format!("{dst_prefix}{}", &k[src.key.len()..]);
+        // Copies, a few at a time.
+        let mut done: Vec<String> = Vec::new();
+        let mut failed: Option<FsError> = None;
+        for chunk in keys.chunks(RENAME_CONCURRENCY) {
+            let results = futures_util::future::join_all(chunk.iter().map(|(k, size)| {
+                let to = new_key(k);
+                async move {
+                    let r = if *size > crate::upload::MAX_COPY_OBJECT {
+                        match self.store.head_object(k).await {
+                            Ok(h) => {
+                                let opts = PutOptions {
+                                    content_type: h.content_type,
+                                    storage_class: h.storage_class,
+                                    metadata: h.metadata,
+                                    ..PutOptions::default()
+                                };
+                                self.copy_large(k, &to, *size, opts).await.map(|_| ())
+                            }
+                            Err(e) => Err(e.into()),
+                        }
+                    } else {
+                        self.store
+                            .copy_object(k, &to, &MetadataDirective::Copy)
+                            .await
+                            .map(|_| ())
+                            .map_err(FsError::from)
+                    };
+                    (to, r)
+                }
+            }))
+            .await;
+            for (to, r) in results {
+                match r {
+                    Ok(()) => done.push(to),
+                    Err(e) => {
+                        tracing::error!(from = %src.key, to = %to, error = %e, "directory rename: copy failed");
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            if failed.is_some() {
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            for chunk in done.chunks(RENAME_CONCURRENCY) {
+                futures_util::future::join_all(chunk.iter().map(|k| self.store.delete_object(k)))
+                    .await;
+            }
+            return Err(e);
+        }
+        // The new names exist: show them, then delete the old keys.
+        {
+            let mut t = self.table();
+            t.move_child(src.parent, &src.name, newparent, newname);
+        }
+        let mut left = 0usize;
+        for chunk in keys.chunks(RENAME_CONCURRENCY) {
+            let rs = futures_util::future::join_all(
+                chunk.iter().map(|(k, _)| self.store.delete_object(k)),
+            )
+            .await;
+            for (r, (k, _)) in rs.into_iter().zip(chunk) {
+                if let Err(e) = r {
+                    tracing::error!(key = %k, error = %e, "directory rename: old key not deleted");
+                    left += 1;
+                }
+            }
+        }
+        if left > 0 {
+            return Err(FsError::Io(format!(
+                "{left} old keys under {} not deleted",
+                src.key
+            )));
+        }
+        tracing::debug!(from = %src.key, to = %dst_prefix, keys = keys.len(), "directory renamed");
+        Ok(())
+    }
+
     /// Creates a symlink as s3fs stores one: an object whose body is the
     /// target and whose `x-amz-meta-mode` says `S_IFLNK`.
     pub async fn symlink(
@@ -1574,9 +1730,7 @@ impl Fs {
         let src = self.lookup(parent, OsStr::new(name)).await?;
         let src = self.inode(src.ino)?;
         if src.kind == Kind::Dir {
-            return Err(FsError::CrossDevice(
-                "directory rename is left to mv's copy fallback",
-            ));
+            return self.rename_dir(&src, newparent, newname, flags).await;
         }
         if src.local || src.writer.is_some() {
             tracing::warn!(key = %src.key, "rename of a file still being written refused");
@@ -1598,11 +1752,6 @@ impl Fs {
         if src.key == dst_key {
             return Ok(());
         }
-        if src.size > crate::s3::memory::MAX_SINGLE_SIZE {
-            return Err(FsError::CrossDevice(
-                "objects over 5 GiB are renamed by mv's copy fallback for now",
-            ));
-        }
         // Attributes set since the file was stored (rsync sets them on its
         // temporary file just before the rename) travel with this copy.
         let pending = src.attrs_pending;
@@ -1612,6 +1761,14 @@ impl Fs {
             }
         }
         let copied = async {
+            if src.size > crate::upload::MAX_COPY_OBJECT {
+                // Over CopyObject's limit: UploadPartCopy ranges, a few at a time.
+                let opts = self.replace_options(&src).await?;
+                let etag = self
+                    .copy_large(&src.key, &dst_key, src.size, opts.clone())
+                    .await?;
+                return Ok((etag, MetadataDirective::Replace(opts)));
+            }
             let directive = if pending {
                 MetadataDirective::Replace(self.replace_options(&src).await?)
             } else {
