@@ -3,13 +3,14 @@
 # boto3 on one throw-away Garage, in one run, so the ratios compare.
 #
 #   scripts/bench.sh [--quick] [--only bucketfs,bucketfs-signed,s3fs,rclone,boto3]
-#                    [--workloads write,read,cpr,rsync,write3g]
+#                    [--workloads write,read,cpr,rsync,list,write3g]
 #
 # Workloads (each in a fresh mount; sources read from the page cache):
 #   write 1G   cp of a 1 GiB file into the mount  (boto3: upload_file, 8 MiB parts, 4 threads)
 #   read 1G    cat of it to /dev/null             (boto3: download_fileobj, 8 MiB ranges, 4 threads)
 #   cp -r      cp -r of 500 files of 4 KiB
 #   rsync -a   rsync -a of the same 500 files
+#   list       a directory of 10,000 objects on a fresh mount: ls -l, and find
 #   write 3G   bucketfs only: peak RSS against the 1 GiB copy
 #   bucketfs-signed: the 1 GiB write again with --payload-signing signed
 #   (SHA-256 of every body) against the default UNSIGNED-PAYLOAD + Content-MD5
@@ -30,7 +31,7 @@ cd "$BUCKETFS_REPO"
 
 only="bucketfs,bucketfs-signed,s3fs,rclone,boto3"
 big=$((1024 * 1024 * 1024))
-workloads="write,read,cpr,rsync,write3g"
+workloads="write,read,cpr,rsync,list,write3g"
 while (($#)); do
     case "$1" in
         --quick) big=$((256 * 1024 * 1024)) ;;
@@ -198,8 +199,19 @@ if wants bucketfs-signed && does write; then
     mount_run bucketfs-signed bench-signed "write 1G" "big_ok bench-signed" -- cp "$src/big" big
 fi
 
+if does list; then
+    log "storing 10,000 objects for the listing workloads"
+    py mb bench-list
+    py fill bench-list big/ 10000
+fi
+lines_ok() { [[ "$(wc -l <"$work/out")" == "$1" ]]; }
+
 for tool in bucketfs s3fs rclone; do
     wants "$tool" || continue
+    if does list; then
+        mount_run "$tool" bench-list "ls -l 10k" "lines_ok 10001" -- ls -l big
+        mount_run "$tool" bench-list "find 10k" "lines_ok 10001" -- find big
+    fi
     b="bench-$tool"
     py mb "$b"
     if does write || does read; then

@@ -5,6 +5,7 @@
     bench_boto3.py get BUCKET KEY            download to nowhere, 8 MiB ranges, 4 threads
     bench_boto3.py size BUCKET KEY           print the object's size (or -1)
     bench_boto3.py count BUCKET PREFIX       print how many objects (not directory markers) are under PREFIX
+    bench_boto3.py fill BUCKET PREFIX N      store N objects of 100 bytes, PREFIX00000..., 32 at a time
 
 put and get print "<seconds> <cpu seconds> <peak rss KiB>". Endpoint and
 credentials come from the AWS_* environment, as for any boto3 program.
@@ -32,7 +33,7 @@ def client():
     return boto3.client(
         "s3",
         endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
-        config=Config(s3={"addressing_style": "path"}, max_pool_connections=8),
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=32),
     )
 
 
@@ -70,6 +71,13 @@ def main(argv):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=args[0], Prefix=args[1]):
             n += sum(1 for o in page.get("Contents", []) if not o["Key"].endswith("/"))
         print(n)
+    elif cmd == "fill":
+        from concurrent.futures import ThreadPoolExecutor
+
+        body = b"x" * 100
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(lambda i: s3.put_object(Bucket=args[0], Key=f"{args[1]}{i:05d}", Body=body),
+                          range(int(args[2]))))
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -86,6 +86,13 @@ pub struct Inode {
     pub rdev: u32,
     /// A symlink's target, once read.
     pub link_target: Option<String>,
+    /// For a directory: lookups of its children that needed a HEAD; from
+    /// the second on, siblings are read ahead (`ls -l`, rsync).
+    pub head_misses: u32,
+    /// For a directory: the names of its last listing, sorted.
+    pub listing: Option<std::sync::Arc<Vec<String>>>,
+    /// A statahead HEAD for this name is on its way.
+    pub ahead_pending: bool,
 }
 
 /// What a CopyObject with REPLACE must carry over.
@@ -124,6 +131,9 @@ impl Inode {
             mtime_set: false,
             rdev: 0,
             link_target: None,
+            head_misses: 0,
+            listing: None,
+            ahead_pending: false,
         }
     }
 }
@@ -256,6 +266,47 @@ impl InodeTable {
         self.inodes
             .values()
             .any(|i| i.key.starts_with(prefix) && (i.local || i.writer.is_some()))
+    }
+
+    /// The children of `parent` that follow `after` in its last listing
+    /// (byte order, as ls and find go) and whose metadata no HEAD has read
+    /// yet — statahead candidates — at most `max` among the next `window`
+    /// names. They are marked as being read.
+    pub fn unread_children(
+        &mut self,
+        parent: u64,
+        after: &str,
+        window: usize,
+        max: usize,
+    ) -> Vec<(u64, String, Kind, String)> {
+        let Some(order) = self.inodes.get(&parent).and_then(|p| p.listing.clone()) else {
+            return Vec::new();
+        };
+        let start = match order.binary_search_by(|n| n.as_str().cmp(after)) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        let picked: Vec<(u64, String, Kind, String)> = order[start..]
+            .iter()
+            .take(window)
+            .filter_map(|n| self.child(parent, n))
+            .filter(|i| {
+                i.version.is_none()
+                    && !i.local
+                    && i.writer.is_none()
+                    && !i.attrs_pending
+                    && !i.ahead_pending
+            })
+            .take(max)
+            .map(|i| (i.ino, i.name.clone(), i.kind, i.key.clone()))
+            .collect();
+        // Claimed: no other lookup sends the same HEADs meanwhile.
+        for (ino, ..) in &picked {
+            if let Some(i) = self.inodes.get_mut(ino) {
+                i.ahead_pending = true;
+            }
+        }
+        picked
     }
 
     /// Children known locally that are not stored yet or being written (they

@@ -138,7 +138,12 @@ pub struct Fs {
     mounted_at: SystemTime,
     /// This filesystem, for the tasks it starts (metadata written later).
     me: Weak<Fs>,
+    /// Woken when a statahead batch has been recorded.
+    ahead_done: tokio::sync::Notify,
 }
+
+/// Siblings read ahead with one lookup (HEADs sent together).
+const STATAHEAD: usize = 64;
 
 /// Requests at once when renaming a directory.
 const RENAME_CONCURRENCY: usize = 16;
@@ -233,6 +238,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             mounted_at: now,
             me: me.clone(),
+            ahead_done: tokio::sync::Notify::new(),
         })
     }
 
@@ -319,13 +325,29 @@ impl Fs {
         // and mtime, read once. A file seen in a listing: a listing has no
         // metadata (mode, mtime...), so one HEAD, whose result later
         // listings keep while they show the same version.
+        // A statahead HEAD for this name on its way: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ahead = self.ahead_done.notified();
+            let pending = self
+                .table()
+                .child(parent, name)
+                .is_some_and(|c| c.ahead_pending);
+            if !pending || Instant::now() > deadline {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), ahead).await;
+        }
         let (listed_dir, listed_file) = {
             let t = self.table();
             let now = Instant::now();
             match t.child(parent, name) {
                 Some(c) if c.local || c.writer.is_some() => return Ok(self.attr_of(c)),
                 Some(c) if c.valid_until > now && (c.version.is_some() || c.attrs_pending) => {
-                    return Ok(self.attr_of(c));
+                    let attr = self.attr_of(c);
+                    drop(t);
+                    self.prefetch_after(parent, name);
+                    return Ok(attr);
                 }
                 Some(c) if c.valid_until > now && c.kind == Kind::Dir => (Some(c.ino), None),
                 Some(c) if c.valid_until > now => (None, Some(c.valid_until)),
@@ -340,13 +362,17 @@ impl Fs {
             }
         };
         if let Some(ino) = listed_dir {
-            self.read_dir_marker(ino).await;
+            let ahead = self.statahead_candidates(parent, name);
+            tokio::join!(self.read_dir_marker(ino), self.read_ahead(parent, ahead));
             let t = self.table();
             return Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?));
         }
         let key = format!("{pkey}{name}");
         if let Some(valid_until) = listed_file {
-            return match self.store.head_object(&key).await {
+            let ahead = self.statahead_candidates(parent, name);
+            let (head, ()) =
+                tokio::join!(self.store.head_object(&key), self.read_ahead(parent, ahead));
+            return match head {
                 Ok(h) => {
                     let kind = Kind::of_object(PosixMeta::parse(&h.metadata).file_type);
                     let mut t = self.table();
@@ -377,10 +403,18 @@ impl Fs {
             return Err(FsError::NameTooLong);
         }
         let dir_prefix = format!("{key}/");
-        let (head, list) = tokio::join!(
+        // A name known from an older listing: its siblings likely follow.
+        let known = self.table().child(parent, name).is_some();
+        let ahead = if known {
+            self.statahead_candidates(parent, name)
+        } else {
+            Vec::new()
+        };
+        let (head, list, ()) = tokio::join!(
             self.store.head_object(&key),
             self.store
-                .list_objects_page(&dir_prefix, None, None, Some(1))
+                .list_objects_page(&dir_prefix, None, None, Some(1)),
+            self.read_ahead(parent, ahead)
         );
         let list = list?;
         let valid_until = Instant::now() + self.cfg.metadata_ttl;
@@ -653,6 +687,121 @@ impl Fs {
         }
     }
 
+    /// Siblings to read ahead with a lookup that needs a HEAD: none for the
+    /// first such lookup in a directory, then up to [`STATAHEAD`] at a time,
+    /// so `ls -l` and rsync over a listed directory cost a few rounds of
+    /// parallel HEADs rather than one HEAD after another.
+    fn statahead_candidates(&self, parent: u64, name: &str) -> Vec<(u64, String, Kind, String)> {
+        let mut t = self.table();
+        let Some(p) = t.get_mut(parent) else {
+            return Vec::new();
+        };
+        p.head_misses += 1;
+        if p.head_misses < 2 {
+            return Vec::new();
+        }
+        t.unread_children(parent, name, 4 * STATAHEAD, STATAHEAD)
+    }
+
+    /// A lookup served from the cache while siblings are being read ahead
+    /// keeps the reading ahead of the reader: when unread names come within
+    /// [`STATAHEAD`] of this one, the next batch is read in the background.
+    fn prefetch_after(&self, parent: u64, name: &str) {
+        let batch = {
+            let mut t = self.table();
+            if t.get(parent).is_none_or(|p| p.head_misses < 2) {
+                return;
+            }
+            t.unread_children(parent, name, STATAHEAD, STATAHEAD)
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let Some(fs) = self.me.upgrade() else {
+            self.release_claims(&batch);
+            return;
+        };
+        tokio::spawn(async move { fs.read_ahead(parent, batch).await });
+    }
+
+    /// Ends the claims of a statahead batch and wakes lookups waiting on it.
+    fn release_claims(&self, batch: &[(u64, String, Kind, String)]) {
+        let mut t = self.table();
+        for (ino, ..) in batch {
+            if let Some(i) = t.get_mut(*ino) {
+                i.ahead_pending = false;
+            }
+        }
+        drop(t);
+        self.ahead_done.notify_waiters();
+    }
+
+    /// HEADs the given children of `parent` concurrently and records what
+    /// they say (a file's metadata and kind; a directory's marker).
+    async fn read_ahead(&self, parent: u64, children: Vec<(u64, String, Kind, String)>) {
+        if children.is_empty() {
+            return;
+        }
+        let claims = children.clone();
+        let heads = futures_util::future::join_all(
+            children
+                .iter()
+                .map(|(_, _, _, key)| self.store.head_object(key)),
+        )
+        .await;
+        // Just confirmed by the server: trusted as long as a listing is.
+        let valid_until = Instant::now() + self.cfg.metadata_ttl;
+        let mut t = self.table();
+        for ((ino, name, kind, key), head) in children.into_iter().zip(heads) {
+            let current = t.child(parent, &name).map(|c| {
+                (
+                    c.ino,
+                    c.version.is_some() || c.attrs_pending || c.local || c.writer.is_some(),
+                )
+            });
+            if current != Some((ino, false)) {
+                continue; // changed meanwhile
+            }
+            match (kind, head) {
+                (Kind::Dir, Ok(h)) => {
+                    if let Some(i) = t.get_mut(ino) {
+                        i.valid_until = valid_until;
+                        let p = PosixMeta::parse(&h.metadata);
+                        i.perm = p.perm;
+                        i.uid = p.uid;
+                        i.gid = p.gid;
+                        i.mtime = p.mtime.or(h.last_modified).unwrap_or(self.mounted_at);
+                        i.mtime_set = p.mtime.is_some();
+                        i.version = Some((h.etag.clone(), h.last_modified));
+                        i.stored = Some(StoredMeta {
+                            content_type: h.content_type,
+                            storage_class: h.storage_class,
+                            user: h.metadata,
+                        });
+                    }
+                }
+                (Kind::Dir, Err(e)) if e.is_not_found() => {
+                    if let Some(i) = t.get_mut(ino) {
+                        i.version = Some((String::new(), None));
+                        i.valid_until = valid_until;
+                    }
+                }
+                (_, Ok(h)) => {
+                    let kind = Kind::of_object(PosixMeta::parse(&h.metadata).file_type);
+                    t.upsert_child(parent, &name, kind, |i| {
+                        fill_from_head(i, &h, self.mounted_at);
+                        i.valid_until = valid_until;
+                    });
+                }
+                (_, Err(e)) => {
+                    tracing::debug!(key, error = %e, "statahead HEAD failed; the lookup will ask again");
+                }
+            }
+        }
+        drop(t);
+        self.release_claims(&claims);
+    }
+
     /// Reads a directory's mode and mtime from its `name/` marker (one
     /// HEAD); a directory without a marker keeps the defaults. Errors only
     /// leave the defaults (logged).
@@ -872,8 +1021,11 @@ impl Fs {
                     name: name.clone(),
                 });
             }
+            let mut order: Vec<String> = entries.iter().skip(2).map(|e| e.name.clone()).collect();
+            order.sort_unstable();
             if let Some(d) = t.get_mut(ino) {
                 d.complete_until = Some(valid_until);
+                d.listing = Some(Arc::new(order));
             }
             let listed: std::collections::HashSet<String> =
                 entries.iter().map(|e| e.name.clone()).collect();
