@@ -60,6 +60,21 @@ step "the objects as S3 reports them (size, ETag, key) — a multipart ETag ends
 step "reading back through the mount and comparing"
 diff -r "$sample/tree" "$mnt/tree" && echo "identical"
 
+step "rsync -a of the same tree (with a symlink and old times) into the mount"
+ln -s "nested/deeper/hello é.txt" "$sample/tree/link-to-hello"
+touch -d "2001-02-03 04:05:06" "$sample/tree/README.md"
+rsync -a --stats "$sample/tree/" "$mnt/synced/" | grep -E "^Number of (regular )?files( transferred)?:"
+
+step "a second rsync -a: nothing to send (mode and mtime are kept in x-amz-meta-*)"
+rsync -a --stats "$sample/tree/" "$mnt/synced/" | grep -E "^Number of regular files transferred:"
+"$BUCKETFS_PYTHON" - "$BUCKETFS_TEST_BUCKET" <<'PY'
+import os, sys, boto3
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+for key in ("synced/README.md", "synced/link-to-hello"):
+    h = s3.head_object(Bucket=sys.argv[1], Key=key)
+    print(f"{key}: x-amz-meta {h['Metadata']}")
+PY
+
 step "unmounting and stopping Garage"
 fusermount3 -u "$mnt"
 echo "done"

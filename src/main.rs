@@ -291,6 +291,15 @@ async fn uploads(cmd: UploadsCmd, s3: &S3Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Part buffers are allocated and freed by many threads (async workers,
+    // the hashing pool); glibc's default of one arena per thread keeps
+    // freed buffers in each, so RSS grew with the file. Two arenas keep it
+    // flat (the budget, not the allocator, bounds memory).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     if let Command::Mount(args) = cli.command {
         // No runtime yet: the mount forks first.

@@ -433,3 +433,70 @@ async fn directories_keep_mode_and_mtime_on_their_marker() {
         let _ = std::fs::read_dir(&m.dir).unwrap().count();
     }
 }
+
+/// tar -x into the mount: exit 0, the same bytes, modes and mtimes, and the
+/// symlink — checked through a fresh mount (so from the bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tar_x_into_the_mount() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path().join("tree");
+    std::fs::create_dir_all(s.join("a/b")).unwrap();
+    std::fs::write(s.join("a/b/data.bin"), data(9 << 20, 4)).unwrap();
+    std::fs::write(s.join("run.sh"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(s.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("a/b/data.bin", s.join("data")).unwrap();
+    let old = UNIX_EPOCH + Duration::from_secs(1_234_567_890);
+    std::fs::File::options()
+        .write(true)
+        .open(s.join("run.sh"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let archive = src.path().join("t.tar");
+    let out = Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(src.path())
+        .arg("tree")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    {
+        let m = Mounted::bucket(&b);
+        let out = Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&m.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tar -x: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            m.log()
+        );
+    }
+    let m = Mounted::bucket(&b);
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&s)
+        .arg(m.path("tree"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "diff: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let md = std::fs::metadata(m.path("tree/run.sh")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o755);
+    assert_eq!(md.modified().unwrap(), old);
+    assert_eq!(
+        std::fs::read_link(m.path("tree/data")).unwrap().to_str(),
+        Some("a/b/data.bin")
+    );
+}
