@@ -354,32 +354,30 @@ async fn rsync_a_of_a_mixed_tree() {
     let again = rsync(s, &m.path("t"), &m);
     assert_eq!(transferred(&again), 0, "{again}");
     // Nothing at all to change: not even directory times (kept on markers).
-    let out = Command::new("rsync")
-        .args(["-a", "-i"])
-        .arg(format!("{}/", s.display()))
-        .arg(m.path("t"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "",
-        "rsync -i lists changes"
-    );
+    assert_eq!(rsync_changes(s, &m.path("t")), "", "rsync -i lists changes");
     drop(m);
     let fresh = Mounted::bucket(&b);
-    let out = Command::new("rsync")
-        .args(["-a", "-i"])
-        .arg(format!("{}/", s.display()))
-        .arg(fresh.path("t"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        rsync_changes(s, &fresh.path("t")),
         "",
         "a fresh mount: rsync -i lists changes"
     );
+}
+
+/// What `rsync -a -i` would change (its itemized list; empty when nothing).
+fn rsync_changes(src: &std::path::Path, dst: &std::path::Path) -> String {
+    let out = Command::new("rsync")
+        .args(["-a", "-i"])
+        .arg(format!("{}/", src.display()))
+        .arg(dst)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// mkdir stores the mode on the `name/` marker; chmod and utimes of a

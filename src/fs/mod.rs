@@ -167,25 +167,31 @@ fn posix_of(i: &Inode) -> PosixMeta {
     }
 }
 
-/// Takes attributes and the rest of the metadata from a HEAD.
-fn fill_from_head(i: &mut Inode, h: &crate::s3::ObjectHead, fallback_mtime: SystemTime) {
+/// Takes mode, owner, mtime and the stored metadata from a HEAD (of an
+/// object, or of a directory's marker).
+fn fill_marker_attrs(i: &mut Inode, h: &crate::s3::ObjectHead, fallback_mtime: SystemTime) {
     let p = PosixMeta::parse(&h.metadata);
-    i.size = h.size;
-    i.rdev = p.rdev.unwrap_or(0);
-    i.link_target = None;
     i.mtime = p.mtime.or(h.last_modified).unwrap_or(fallback_mtime);
     i.mtime_set = p.mtime.is_some();
-    i.ctime = h.last_modified.unwrap_or(i.mtime);
     i.perm = p.perm;
     i.uid = p.uid;
     i.gid = p.gid;
-    i.etag = Some(h.etag.clone());
     i.version = Some((h.etag.clone(), h.last_modified));
     i.stored = Some(StoredMeta {
         content_type: h.content_type.clone(),
         storage_class: h.storage_class.clone(),
         user: h.metadata.clone(),
     });
+}
+
+/// Takes a file's attributes and the rest of its metadata from a HEAD.
+fn fill_from_head(i: &mut Inode, h: &crate::s3::ObjectHead, fallback_mtime: SystemTime) {
+    fill_marker_attrs(i, h, fallback_mtime);
+    i.size = h.size;
+    i.rdev = PosixMeta::parse(&h.metadata).rdev.unwrap_or(0);
+    i.link_target = None;
+    i.ctime = h.last_modified.unwrap_or(i.mtime);
+    i.etag = Some(h.etag.clone());
     i.attrs_pending = false;
 }
 
@@ -766,18 +772,7 @@ impl Fs {
                 (Kind::Dir, Ok(h)) => {
                     if let Some(i) = t.get_mut(ino) {
                         i.valid_until = valid_until;
-                        let p = PosixMeta::parse(&h.metadata);
-                        i.perm = p.perm;
-                        i.uid = p.uid;
-                        i.gid = p.gid;
-                        i.mtime = p.mtime.or(h.last_modified).unwrap_or(self.mounted_at);
-                        i.mtime_set = p.mtime.is_some();
-                        i.version = Some((h.etag.clone(), h.last_modified));
-                        i.stored = Some(StoredMeta {
-                            content_type: h.content_type,
-                            storage_class: h.storage_class,
-                            user: h.metadata,
-                        });
+                        fill_marker_attrs(i, &h, self.mounted_at);
                     }
                 }
                 (Kind::Dir, Err(e)) if e.is_not_found() => {
@@ -817,20 +812,7 @@ impl Fs {
             return;
         }
         match head {
-            Ok(h) => {
-                let p = PosixMeta::parse(&h.metadata);
-                i.perm = p.perm;
-                i.uid = p.uid;
-                i.gid = p.gid;
-                i.mtime = p.mtime.or(h.last_modified).unwrap_or(self.mounted_at);
-                i.mtime_set = p.mtime.is_some();
-                i.version = Some((h.etag.clone(), h.last_modified));
-                i.stored = Some(StoredMeta {
-                    content_type: h.content_type,
-                    storage_class: h.storage_class,
-                    user: h.metadata,
-                });
-            }
+            Ok(h) => fill_marker_attrs(i, &h, self.mounted_at),
             Err(e) if e.is_not_found() => i.version = Some((String::new(), None)),
             Err(e) => tracing::warn!(key = %d.key, error = %e, "reading a directory marker failed"),
         }
