@@ -108,7 +108,7 @@ struct MountArgs {
     #[arg(long, value_name = "PATH")]
     log_file: Option<std::path::PathBuf>,
     /// Comma-separated mount options as fstab passes them: ro, rw, allow_other,
-    /// allow_root, uid=N, gid=N, file_mode=OCTAL, dir_mode=OCTAL, ...
+    /// allow_root, uid=N, gid=N, file_mode=OCTAL, dir_mode=OCTAL, memory_limit=SIZE, ...
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
 }
