@@ -104,6 +104,36 @@ pub struct StoredMeta {
     pub user: BTreeMap<String, String>,
 }
 
+impl StoredMeta {
+    /// The metadata a HEAD shows.
+    pub fn of_head(h: &crate::s3::ObjectHead) -> Self {
+        StoredMeta {
+            content_type: h.content_type.clone(),
+            storage_class: h.storage_class.clone(),
+            user: h.metadata.clone(),
+        }
+    }
+
+    /// The metadata an object was created (or copied) with.
+    pub fn of_options(o: &crate::s3::PutOptions) -> Self {
+        StoredMeta {
+            content_type: o.content_type.clone(),
+            storage_class: o.storage_class.clone(),
+            user: o.metadata.clone(),
+        }
+    }
+
+    /// Options that give an object this metadata (a copy with REPLACE, an append).
+    pub fn to_options(&self) -> crate::s3::PutOptions {
+        crate::s3::PutOptions {
+            content_type: self.content_type.clone(),
+            storage_class: self.storage_class.clone(),
+            metadata: self.user.clone(),
+            ..crate::s3::PutOptions::default()
+        }
+    }
+}
+
 impl Inode {
     /// A fresh inode whose attributes are not trusted yet.
     fn new(ino: u64, parent: u64, name: &str, kind: Kind, key: String, now: SystemTime) -> Self {

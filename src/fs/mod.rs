@@ -177,11 +177,7 @@ fn fill_marker_attrs(i: &mut Inode, h: &crate::s3::ObjectHead, fallback_mtime: S
     i.uid = p.uid;
     i.gid = p.gid;
     i.version = Some((h.etag.clone(), h.last_modified));
-    i.stored = Some(StoredMeta {
-        content_type: h.content_type.clone(),
-        storage_class: h.storage_class.clone(),
-        user: h.metadata.clone(),
-    });
+    i.stored = Some(StoredMeta::of_head(h));
 }
 
 /// Takes a file's attributes and the rest of its metadata from a HEAD.
@@ -378,32 +374,7 @@ impl Fs {
             let ahead = self.statahead_candidates(parent, name);
             let (head, ()) =
                 tokio::join!(self.store.head_object(&key), self.read_ahead(parent, ahead));
-            return match head {
-                Ok(h) => {
-                    let kind = Kind::of_object(PosixMeta::parse(&h.metadata).file_type);
-                    let mut t = self.table();
-                    let ino = t.upsert_child(parent, name, kind, |i| {
-                        if i.writer.is_none() && !i.local && !i.attrs_pending {
-                            fill_from_head(i, &h, self.mounted_at);
-                        }
-                        i.valid_until = valid_until;
-                    });
-                    Ok(self.attr_of(t.get(ino).expect("inserted")))
-                }
-                Err(e) if e.is_not_found() => {
-                    let mut t = self.table();
-                    if t.child(parent, name)
-                        .is_some_and(|c| !c.local && c.writer.is_none())
-                    {
-                        t.remove_child(parent, name);
-                    }
-                    Err(FsError::NotFound)
-                }
-                Err(e) => {
-                    tracing::warn!(key, error = %e, "lookup failed");
-                    Err(e.into())
-                }
-            };
+            return self.record_file_head(parent, name, &key, head, valid_until);
         }
         if key.len() + 1 > MAX_KEY_LEN {
             return Err(FsError::NameTooLong);
@@ -450,6 +421,20 @@ impl Fs {
             let t = self.table();
             return Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?));
         }
+        self.record_file_head(parent, name, &key, head, valid_until)
+    }
+
+    /// Records what a HEAD of the file `name` in `parent` found and answers
+    /// the lookup: its attributes, or ENOENT (forgetting a stored file that
+    /// is gone).
+    fn record_file_head(
+        &self,
+        parent: u64,
+        name: &str,
+        key: &str,
+        head: Result<crate::s3::ObjectHead, crate::s3::S3Error>,
+        valid_until: Instant,
+    ) -> FsResult<Attr> {
         let mut t = self.table();
         match head {
             Ok(h) => {
@@ -463,10 +448,10 @@ impl Fs {
                 Ok(self.attr_of(t.get(ino).expect("inserted")))
             }
             Err(e) if e.is_not_found() => {
-                if let Some(c) = t.child(parent, name) {
-                    if !c.local && c.writer.is_none() {
-                        t.remove_child(parent, name);
-                    }
+                if t.child(parent, name)
+                    .is_some_and(|c| !c.local && c.writer.is_none())
+                {
+                    t.remove_child(parent, name);
                 }
                 Err(FsError::NotFound)
             }
@@ -597,25 +582,12 @@ impl Fs {
     /// The metadata a CopyObject with REPLACE must send for this inode:
     /// everything the object had, with our attributes over it.
     async fn replace_options(&self, i: &Inode) -> FsResult<PutOptions> {
-        let stored = match &i.stored {
-            Some(m) => m.clone(),
-            None => {
-                let h = self.store.head_object(&i.key).await?;
-                StoredMeta {
-                    content_type: h.content_type,
-                    storage_class: h.storage_class,
-                    user: h.metadata,
-                }
-            }
+        let mut opts = match &i.stored {
+            Some(m) => m.to_options(),
+            None => StoredMeta::of_head(&self.store.head_object(&i.key).await?).to_options(),
         };
-        let mut user = stored.user;
-        posix_of(i).apply(&mut user, i.kind.type_bits());
-        Ok(PutOptions {
-            content_type: stored.content_type,
-            metadata: user,
-            storage_class: stored.storage_class,
-            ..PutOptions::default()
-        })
+        posix_of(i).apply(&mut opts.metadata, i.kind.type_bits());
+        Ok(opts)
     }
 
     /// Writes pending attributes of a stored file to its object now (one
@@ -675,11 +647,7 @@ impl Fs {
                 if let Some(n) = t.get_mut(ino) {
                     n.etag = Some(etag.clone());
                     n.version = Some((etag, None));
-                    n.stored = Some(StoredMeta {
-                        content_type: opts.content_type,
-                        storage_class: opts.storage_class,
-                        user: opts.metadata,
-                    });
+                    n.stored = Some(StoredMeta::of_options(&opts));
                 }
                 Ok(())
             }
@@ -825,24 +793,16 @@ impl Fs {
         let existing = match &i.stored {
             Some(m) if i.version.as_ref().is_some_and(|(e, _)| !e.is_empty()) => Some(m.clone()),
             _ => match self.store.head_object(&i.key).await {
-                Ok(h) => Some(StoredMeta {
-                    content_type: h.content_type,
-                    storage_class: h.storage_class,
-                    user: h.metadata,
-                }),
+                Ok(h) => Some(StoredMeta::of_head(&h)),
                 Err(e) if e.is_not_found() => None,
                 Err(e) => return Err(e.into()),
             },
         };
-        let mut opts = PutOptions {
-            content_type: Some(DIR_CONTENT_TYPE.into()),
-            ..PutOptions::default()
-        };
-        if let Some(m) = &existing {
-            opts.content_type = m.content_type.clone().or(opts.content_type);
-            opts.storage_class = m.storage_class.clone();
-            opts.metadata = m.user.clone();
-        }
+        let mut opts = existing
+            .as_ref()
+            .map(StoredMeta::to_options)
+            .unwrap_or_default();
+        opts.content_type = opts.content_type.or(Some(DIR_CONTENT_TYPE.into()));
         posix_of(i).apply(&mut opts.metadata, libc::S_IFDIR);
         let etag = match existing {
             Some(_) => {
@@ -858,11 +818,7 @@ impl Fs {
         };
         if let Some(n) = self.table().get_mut(i.ino) {
             n.version = Some((etag.clone(), None));
-            n.stored = Some(StoredMeta {
-                content_type: opts.content_type,
-                storage_class: opts.storage_class,
-                user: opts.metadata,
-            });
+            n.stored = Some(StoredMeta::of_options(&opts));
         }
         Ok(etag)
     }
@@ -1059,19 +1015,10 @@ impl Fs {
                         i.key, h.size, i.size
                     )));
                 }
-                StoredMeta {
-                    content_type: h.content_type,
-                    storage_class: h.storage_class,
-                    user: h.metadata,
-                }
+                StoredMeta::of_head(&h)
             }
         };
-        let mut opts = PutOptions {
-            content_type: stored.content_type,
-            storage_class: stored.storage_class,
-            metadata: stored.user,
-            ..PutOptions::default()
-        };
+        let mut opts = stored.to_options();
         // The content changes: Last-Modified becomes the mtime.
         PosixMeta {
             mtime: None,
@@ -1358,11 +1305,7 @@ impl Fs {
                     i.local = false;
                     i.valid_until = Instant::now() + self.cfg.metadata_ttl;
                     i.version = Some((f.etag, None));
-                    i.stored = Some(StoredMeta {
-                        content_type: sent.content_type.clone(),
-                        storage_class: sent.storage_class.clone(),
-                        user: sent.metadata.clone(),
-                    });
+                    i.stored = Some(StoredMeta::of_options(&sent));
                     // Changed while the upload ran, or after its creation.
                     if posix_of(i).attrs() != PosixMeta::parse(&sent.metadata).attrs() {
                         i.attrs_pending = true;
@@ -1498,11 +1441,7 @@ impl Fs {
             i.ctime = now;
             i.perm = Some(perm);
             i.version = Some((etag, None));
-            i.stored = Some(StoredMeta {
-                content_type: opts.content_type.clone(),
-                storage_class: None,
-                user: opts.metadata.clone(),
-            });
+            i.stored = Some(StoredMeta::of_options(&opts));
             i.valid_until = valid_until;
             // Just made, so empty: lookups inside need no request for a while.
             i.complete_until = Some(valid_until);
@@ -1651,12 +1590,7 @@ impl Fs {
                     let r = if *size > crate::upload::MAX_COPY_OBJECT {
                         match self.store.head_object(k).await {
                             Ok(h) => {
-                                let opts = PutOptions {
-                                    content_type: h.content_type,
-                                    storage_class: h.storage_class,
-                                    metadata: h.metadata,
-                                    ..PutOptions::default()
-                                };
+                                let opts = StoredMeta::of_head(&h).to_options();
                                 self.copy_large(k, &to, *size, opts).await.map(|_| ())
                             }
                             Err(e) => Err(e.into()),
@@ -1806,11 +1740,7 @@ impl Fs {
             i.rdev = rdev;
             i.etag = Some(etag.clone());
             i.version = Some((etag, None));
-            i.stored = Some(StoredMeta {
-                content_type: None,
-                storage_class: None,
-                user: opts.metadata,
-            });
+            i.stored = Some(StoredMeta::of_options(&opts));
             i.link_target = (kind == Kind::Symlink).then_some(body);
             i.attrs_pending = false;
             i.local = false;
@@ -1936,11 +1866,7 @@ impl Fs {
                 i.version = Some((etag, None));
                 i.ctime = SystemTime::now();
                 if let MetadataDirective::Replace(o) = directive {
-                    i.stored = Some(StoredMeta {
-                        content_type: o.content_type,
-                        storage_class: o.storage_class,
-                        user: o.metadata,
-                    });
+                    i.stored = Some(StoredMeta::of_options(&o));
                 }
             }
         }
