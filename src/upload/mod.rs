@@ -218,6 +218,9 @@ pub struct Upload {
     /// follow them.
     base: u64,
     prefix_parts: u32,
+    /// The largest this file may grow (10,000 parts, less an append's
+    /// copied ones); summing the schedule is too slow to do per write.
+    max_size: u64,
 }
 
 /// Largest CopyObject (S3's limit); larger copies are multipart.
@@ -236,6 +239,7 @@ impl Upload {
         opts: PutOptions,
         cfg: UploadConfig,
     ) -> Self {
+        let cfg_max = cfg.schedule.max_file_size();
         Upload {
             target: Target {
                 store,
@@ -257,6 +261,7 @@ impl Upload {
             copy: None,
             base: 0,
             prefix_parts: 0,
+            max_size: cfg_max,
         }
     }
 
@@ -274,6 +279,10 @@ impl Upload {
         let mut u = Upload::new(store, key, opts, cfg);
         u.base = existing;
         u.prefix_parts = existing.div_ceil(MAX_COPY_OBJECT).max(1) as u32;
+        u.max_size = existing
+            + u.cfg
+                .schedule
+                .part_start(schedule::MAX_PARTS + 1 - u.prefix_parts);
         u
     }
 
@@ -325,7 +334,7 @@ impl Upload {
         if !(pristine && dst_off == 0 || continues) {
             return false;
         }
-        if dst_off + len > self.cfg.schedule.max_file_size().max(MAX_COPY_OBJECT) {
+        if dst_off + len > self.max_size.max(MAX_COPY_OBJECT) {
             return false;
         }
         self.copy = Some((src_key.to_string(), dst_off + len));
@@ -353,15 +362,6 @@ impl Upload {
     /// Whether part 1 is held in memory (not sent early).
     pub fn holds_first_part(&self) -> bool {
         self.held.as_ref().is_some_and(|h| h.holds())
-    }
-
-    /// The largest this file may grow: 10,000 parts, less an append's copied ones.
-    fn max_size(&self) -> u64 {
-        self.base
-            + self
-                .cfg
-                .schedule
-                .part_start(schedule::MAX_PARTS + 1 - self.prefix_parts)
     }
 
     fn part1_len(&self) -> u64 {
@@ -421,7 +421,7 @@ impl Upload {
             });
         }
         let end = offset + data.len() as u64;
-        let max = self.max_size();
+        let max = self.max_size;
         if end > max {
             return Err(UploadError::TooLarge { end, max });
         }
@@ -479,7 +479,7 @@ impl Upload {
         let new_size = new_size - self.base;
         let size = self.data_size();
         if new_size >= size {
-            let max = self.max_size() - self.base;
+            let max = self.max_size - self.base;
             if new_size > max {
                 return Err(UploadError::TooLarge { end: new_size, max });
             }
@@ -523,7 +523,7 @@ impl Upload {
                 .map_err(|e| match e {
                     BudgetError::TooLarge { .. } => UploadError::TooLarge {
                         end: self.size() + want as u64,
-                        max: self.max_size(),
+                        max: self.max_size,
                     },
                     e => UploadError::NoMemory(e),
                 })?;
