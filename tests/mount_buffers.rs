@@ -129,17 +129,11 @@ async fn cp_sparse_always_of_a_file_with_a_hole_is_stored_exactly() {
         f.write_all_at(&tail, 30 * MIB as u64).unwrap();
         f.set_len(40 * MIB as u64).unwrap();
     }
-    let out = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&src)
-        .arg(m.path("sparse.img"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cp: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log()
+    m.run(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&src)
+            .arg(m.path("sparse.img")),
     );
     let g = c.get_object(&b, "sparse.img", None, None).await.unwrap();
     assert_eq!(g.body.len(), 40 * MIB);

@@ -34,10 +34,6 @@ async fn head_until(
     }
 }
 
-fn meta<'a>(h: &'a ObjectHead, k: &str) -> Option<&'a str> {
-    h.metadata.get(k).map(String::as_str)
-}
-
 /// chmod and utimes on a stored object: one copy onto itself writes them,
 /// keeping the body, the Content-Type and the other metadata; a fresh mount
 /// shows them.
@@ -106,17 +102,11 @@ async fn cp_p_keeps_mode_and_mtime() {
         .unwrap()
         .set_modified(when)
         .unwrap();
-    let out = Command::new("cp")
-        .arg("-p")
-        .arg(&src)
-        .arg(m.path("script.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cp -p: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log()
+    m.run(
+        Command::new("cp")
+            .arg("-p")
+            .arg(&src)
+            .arg(m.path("script.sh")),
     );
     let h = head_until(&c, &b, "script.sh", |h| meta(h, "mtime").is_some()).await;
     assert_eq!(meta(&h, "mtime"), Some("1500000000.123456789"));
@@ -130,20 +120,13 @@ async fn cp_p_keeps_mode_and_mtime() {
 }
 
 fn rsync(src: &std::path::Path, dst: &std::path::Path, m: &Mounted) -> String {
-    let out = Command::new("rsync")
-        .arg("-a")
-        .arg("--stats")
-        .arg(format!("{}/", src.display()))
-        .arg(dst)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rsync: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    m.run(
+        Command::new("rsync")
+            .arg("-a")
+            .arg("--stats")
+            .arg(format!("{}/", src.display()))
+            .arg(dst),
+    )
 }
 
 fn transferred(stats: &str) -> u64 {
@@ -464,18 +447,12 @@ async fn tar_x_into_the_mount() {
     assert!(out.status.success());
     {
         let m = Mounted::bucket(&b);
-        let out = Command::new("tar")
-            .arg("-xf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(&m.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tar -x: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            m.log()
+        m.run(
+            Command::new("tar")
+                .arg("-xf")
+                .arg(&archive)
+                .arg("-C")
+                .arg(&m.dir),
         );
     }
     let m = Mounted::bucket(&b);

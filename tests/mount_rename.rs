@@ -190,17 +190,11 @@ async fn rsync_a_leaves_exactly_the_final_names() {
         std::fs::write(src.path().join(&rel), data(1000 + i * 100, i as u64)).unwrap();
         want.push(rel);
     }
-    let out = Command::new("rsync")
-        .arg("-a")
-        .arg(format!("{}/", src.path().display()))
-        .arg(m.path("dst"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rsync: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log()
+    m.run(
+        Command::new("rsync")
+            .arg("-a")
+            .arg(format!("{}/", src.path().display()))
+            .arg(m.path("dst")),
     );
     let k = keys(&c, &b).await;
     let mut expect: Vec<String> = want.iter().map(|r| format!("dst/{r}")).collect();
@@ -247,16 +241,10 @@ async fn cp_inside_the_mount_copies_on_the_server() {
         body.len() as u64
     );
     let before = m.bytes_written();
-    let out = Command::new("cp")
-        .arg(m.path("src.bin"))
-        .arg(m.path("copy.bin"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cp: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log()
+    m.run(
+        Command::new("cp")
+            .arg(m.path("src.bin"))
+            .arg(m.path("copy.bin")),
     );
     let sent = m.bytes_written() - before;
     assert!(
@@ -297,21 +285,11 @@ async fn appending_with_shell_redirection() {
     .unwrap();
     let m = Mounted::bucket(&b);
     let before = m.bytes_written();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "printf 'appended\\n' >> '{}' && printf 'two\\n' >> '{}'",
-            m.path("big.log").display(),
-            m.path("small.log").display()
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log()
-    );
+    m.run(Command::new("sh").arg("-c").arg(format!(
+        "printf 'appended\\n' >> '{}' && printf 'two\\n' >> '{}'",
+        m.path("big.log").display(),
+        m.path("small.log").display()
+    )));
     let sent = m.bytes_written() - before;
     assert!(
         sent < (MIB as u64),
@@ -322,7 +300,7 @@ async fn appending_with_shell_redirection() {
     assert!(g.body[..big.len()] == big[..] && &g.body[big.len()..] == b"appended\n");
     let h = c.head_object(&b, "big.log").await.unwrap();
     assert_eq!(h.content_type.as_deref(), Some("text/plain"));
-    assert_eq!(meta_of(&h, "color"), Some("blue"));
+    assert_eq!(meta(&h, "color"), Some("blue"));
     let g = c.get_object(&b, "small.log", None, None).await.unwrap();
     assert_eq!(&g.body[..], b"one\ntwo\n");
     assert_eq!(
@@ -330,8 +308,4 @@ async fn appending_with_shell_redirection() {
         b"one\ntwo\n",
         "the mount shows the new size at once"
     );
-}
-
-fn meta_of<'a>(h: &'a ObjectHead, k: &str) -> Option<&'a str> {
-    h.metadata.get(k).map(String::as_str)
 }

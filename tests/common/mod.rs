@@ -7,6 +7,11 @@ use bucketfs::s3::{Client, ConfigOverrides, S3Config};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+/// One `x-amz-meta-*` value of a HEAD (name without the prefix).
+pub fn meta<'a>(h: &'a bucketfs::s3::ObjectHead, k: &str) -> Option<&'a str> {
+    h.metadata.get(k).map(String::as_str)
+}
+
 /// An environment variable the test harness must set; a clear failure otherwise.
 pub fn require_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {

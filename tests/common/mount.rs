@@ -117,6 +117,21 @@ impl Mounted {
             .expect("wchar in /proc/PID/io")
     }
 
+    /// Runs a command (a tool working in the mount) that must succeed;
+    /// returns its standard output. A failure shows its stderr and this
+    /// daemon's log.
+    pub fn run(&self, cmd: &mut Command) -> String {
+        let out = cmd.output().expect("run command");
+        assert!(
+            out.status.success(),
+            "{:?}: {}\n{}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
