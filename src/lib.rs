@@ -10,4 +10,5 @@ pub mod fuse;
 pub mod mount;
 pub mod prefetch;
 pub mod s3;
+pub mod status;
 pub mod upload;

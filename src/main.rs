@@ -38,6 +38,13 @@ struct S3Args {
     /// protected by a signed Content-MD5, `signed` hashes every body with SHA-256 too
     #[arg(long, global = true, value_enum, default_value_t = Signing::Unsigned)]
     payload_signing: Signing,
+    /// Fixed part of each request's deadline; bodies add their size at
+    /// --min-transfer-rate, so a stalled upload is cut off and retried
+    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// Slowest transfer a request body may make, per second
+    #[arg(long, global = true, default_value = "256KiB", value_parser = parse_size_arg)]
+    min_transfer_rate: u64,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -54,6 +61,41 @@ enum Command {
     /// In-progress multipart uploads: list them, abort them.
     #[command(subcommand)]
     Uploads(UploadsCmd),
+    /// Show the files a mount is writing (bytes written and sent, parts,
+    /// rate) and its totals (stored, failed, retries, aborted uploads).
+    Status(StatusArgs),
+}
+
+/// Options of `bucketfs status`.
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The mount point
+    dir: std::path::PathBuf,
+    /// Refresh every second until interrupted
+    #[arg(short, long)]
+    watch: bool,
+    /// The state directory the mount uses (same default as `mount --state-dir`)
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
+}
+
+fn status(a: StatusArgs) -> anyhow::Result<()> {
+    let state = a
+        .state_dir
+        .unwrap_or_else(bucketfs::upload::journal::default_state_dir);
+    let dir = absolute_mountpoint(&a.dir)?;
+    loop {
+        let text = bucketfs::status::query(&state, &dir).map_err(anyhow::Error::msg)?;
+        if a.watch {
+            // Clear the screen, then draw.
+            print!("\x1b[H\x1b[2J{text}");
+            std::io::stdout().flush()?;
+            std::thread::sleep(Duration::from_secs(1));
+        } else {
+            print!("{text}");
+            return Ok(());
+        }
+    }
 }
 
 /// Options of `bucketfs mount`.
@@ -104,6 +146,14 @@ struct MountArgs {
     /// FUSE worker threads (requests are answered from async tasks, so few are needed)
     #[arg(long, default_value_t = 2)]
     fuse_threads: usize,
+    /// Where the crash journal and the status socket live [default:
+    /// $XDG_STATE_HOME/bucketfs, else ~/.local/state/bucketfs; /var/lib/bucketfs for root]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
+    /// At SIGTERM/SIGINT, how long closes in progress may take before what
+    /// remains is aborted
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
     /// Write the daemon's log here (a background mount has no stderr)
     #[arg(long, value_name = "PATH")]
     log_file: Option<std::path::PathBuf>,
@@ -111,6 +161,20 @@ struct MountArgs {
     /// allow_root, uid=N, gid=N, file_mode=OCTAL, dir_mode=OCTAL, memory_limit=SIZE, ...
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
+}
+
+/// The mount point as an absolute path without symlinks: the key of its
+/// state directory, and what `bucketfs status DIR` looks for. Only the
+/// parent is resolved, so a dead mount at DIR does not stop it.
+fn absolute_mountpoint(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let abs = std::path::absolute(dir).with_context(|| format!("{}", dir.display()))?;
+    let name = abs
+        .file_name()
+        .with_context(|| format!("{}: not a directory name", dir.display()))?
+        .to_owned();
+    let parent = abs.parent().unwrap_or(std::path::Path::new("/"));
+    let parent = std::fs::canonicalize(parent).with_context(|| format!("{}", parent.display()))?;
+    Ok(parent.join(name))
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -137,10 +201,11 @@ fn mount(args: MountArgs, s3: &S3Args) -> anyhow::Result<()> {
     }
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mountpoint = absolute_mountpoint(&args.dir)?;
     let mut o = m::MountOptions {
         bucket,
         prefix,
-        mountpoint: args.dir.clone(),
+        mountpoint,
         foreground: args.foreground,
         read_only: args.read_only,
         allow_other: false,
@@ -156,6 +221,11 @@ fn mount(args: MountArgs, s3: &S3Args) -> anyhow::Result<()> {
         fuse_threads: args.fuse_threads.max(1),
         metadata_ttl: args.metadata_ttl,
         max_readahead: args.max_readahead,
+        state_dir: args
+            .state_dir
+            .clone()
+            .unwrap_or_else(bucketfs::upload::journal::default_state_dir),
+        shutdown_grace: args.shutdown_grace,
     };
     for spec in &args.options {
         m::apply_o_options(&mut o, spec).map_err(anyhow::Error::msg)?;
@@ -216,6 +286,8 @@ fn client(a: &S3Args) -> anyhow::Result<Client> {
             Signing::Signed => PayloadSigning::Signed,
             Signing::Unsigned => PayloadSigning::UnsignedWithMd5,
         }),
+        request_timeout: Some(a.request_timeout),
+        min_transfer_rate: Some(a.min_transfer_rate),
     })?;
     Ok(Client::new(cfg)?)
 }
@@ -311,6 +383,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    let cli = match cli.command {
+        Command::Status(a) => {
+            return match status(a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bucketfs: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => cli,
+    };
     init_logging("warn");
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -320,7 +404,9 @@ fn main() -> ExitCode {
             rt.block_on(async {
                 match cli.command {
                     Command::Uploads(cmd) => uploads(cmd, &cli.s3).await,
-                    Command::Mount(_) => unreachable!("handled before the runtime starts"),
+                    Command::Mount(_) | Command::Status(_) => {
+                        unreachable!("handled before the runtime starts")
+                    }
                 }
             })
         });

@@ -6,6 +6,7 @@ use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
 use crate::s3::{BucketClient, Client, ObjectStore, S3Error};
 use crate::upload::budget::Budget;
+use crate::upload::journal::{Journal, MountInfo};
 use crate::upload::schedule::{Schedule, MIN_PART};
 use crate::upload::{UploadConfig, MEMORY_WAIT};
 use std::io::{Read, Write};
@@ -37,7 +38,14 @@ pub struct MountOptions {
     pub fuse_threads: usize,
     pub metadata_ttl: Duration,
     pub max_readahead: u64,
+    /// Where the crash journal and the status socket live.
+    pub state_dir: PathBuf,
+    /// How long a shutdown waits for closes in progress.
+    pub shutdown_grace: Duration,
 }
+
+/// How often uploads whose abort failed are tried again.
+const REAP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Applies comma-separated `-o` options as fstab and mount(8) pass them.
 pub fn apply_o_options(o: &mut MountOptions, spec: &str) -> Result<(), String> {
@@ -271,23 +279,53 @@ pub fn foreground() -> Readiness {
     Readiness { fd: None }
 }
 
-/// Mounts and serves until unmounted. Reports readiness once the kernel
-/// handshake is done, or the first error.
+/// Mounts and serves until unmounted or signalled. Reports readiness once
+/// the kernel handshake is done, or the first error.
+///
+/// Before mounting, the crash journal is opened and what a previous mount
+/// left (uploads of a killed daemon) is aborted. SIGTERM and SIGINT shut
+/// down cleanly: see [`Fs::shutdown`]; what remains in the journal then is
+/// aborted, the mount is removed, and the process exits 0.
 pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("bucketfs")
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    let result: Result<_, String> = (|| {
+    let started = std::time::Instant::now();
+    type Parts = (
+        fuser::Session<FuseFs>,
+        Arc<Fs>,
+        Arc<Journal>,
+        Arc<dyn ObjectStore>,
+    );
+    let result: Result<Parts, String> = (|| {
         let plan = plan_memory(o.part_size, o.max_part_size, o.memory_limit)?;
         rt.block_on(client.head_bucket(&o.bucket))
             .map_err(|e| describe_bucket_error(&o.bucket, &e))?;
         let store: Arc<dyn ObjectStore> = Arc::new(BucketClient {
-            client,
+            client: client.clone(),
             bucket: o.bucket.clone(),
             sse: None,
         });
+        let info = MountInfo {
+            bucket: o.bucket.clone(),
+            prefix: o.prefix.clone(),
+            mountpoint: o.mountpoint.clone(),
+            pid: std::process::id(),
+        };
+        let (journal, left) = Journal::open(&o.state_dir, &info).map_err(|e| e.to_string())?;
+        let journal = Arc::new(journal);
+        if !left.is_empty() {
+            let r = rt.block_on(journal.sweep(store.as_ref(), &left));
+            tracing::warn!(
+                aborted = r.aborted,
+                already_gone = r.gone,
+                failed = r.failed,
+                dir = %journal.dir().display(),
+                "a previous mount left uploads behind; aborted them"
+            );
+        }
         let cfg = FsConfig {
             prefix: o.prefix.clone(),
             uid: o.uid,
@@ -301,6 +339,7 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
                 hold_first_part: true,
                 budget: Budget::new(plan.write_budget),
                 memory_wait: MEMORY_WAIT,
+                journal: Some(journal.clone()),
             },
             metadata_ttl: o.metadata_ttl,
             max_readahead: o.max_readahead,
@@ -314,7 +353,7 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             largest_file = plan.schedule.max_file_size(),
             "memory plan"
         );
-        let fs = Fs::new(store, cfg);
+        let fs = Fs::new(store.clone(), cfg);
         let mut opts = vec![
             fuser::MountOption::FSName(format!("bucketfs:{}", o.bucket)),
             fuser::MountOption::Subtype("bucketfs".into()),
@@ -337,40 +376,115 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             fuser::SessionACL::Owner
         };
         config.n_threads = Some(o.fuse_threads.max(1));
-        let session =
-            fuser::Session::new(FuseFs::new(fs, rt.handle().clone()), &o.mountpoint, &config)
-                .map_err(|e| format!("mounting {}: {e}", o.mountpoint.display()))?;
-        Ok(session)
+        let session = fuser::Session::new(
+            FuseFs::new(fs.clone(), rt.handle().clone()),
+            &o.mountpoint,
+            &config,
+        )
+        .map_err(|e| format!("mounting {}: {e}", o.mountpoint.display()))?;
+        let _guard = rt.enter();
+        crate::status::serve(crate::status::Sources {
+            fs: fs.clone(),
+            client: client.clone(),
+            journal: journal.clone(),
+            bucket: o.bucket.clone(),
+            prefix: o.prefix.clone(),
+            mountpoint: o.mountpoint.clone(),
+            started,
+        })
+        .map_err(|e| format!("status socket in {}: {e}", journal.dir().display()))?;
+        Ok((session, fs, journal, store))
     })();
-    let mut session = match result {
+    let (mut session, fs, journal, store) = match result {
         Ok(s) => s,
         Err(e) => {
             ready.report(Err(e.clone()));
             return Err(e);
         }
     };
+    // Uploads whose abort failed (a dead path) are aborted once it recovers.
+    {
+        let (journal, store) = (journal.clone(), store.clone());
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(REAP_INTERVAL).await;
+                journal.reap(store.as_ref()).await;
+            }
+        });
+    }
     let unmounter = std::sync::Mutex::new(Some(session.unmount_callable()));
     let dir = o.mountpoint.clone();
-    rt.spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let int = tokio::signal::ctrl_c();
-        tokio::select! {
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            _ = int => {}
-        }
-        tracing::info!(dir = %dir.display(), "signal received: unmounting");
-        if let Some(mut u) = unmounter.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            if let Err(e) = u.unmount() {
-                tracing::warn!(error = %e, "unmount failed");
+    let grace = o.shutdown_grace;
+    {
+        let (fs, journal, store) = (fs.clone(), journal.clone(), store.clone());
+        rt.spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let int = tokio::signal::ctrl_c();
+            tokio::select! {
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                _ = int => {}
             }
-        }
-    });
+            tracing::info!(dir = %dir.display(), ?grace, "signal received: shutting down");
+            let aborted = fs.shutdown(grace).await;
+            let r = journal.sweep_all(store.as_ref()).await;
+            tracing::info!(
+                aborted_open_files = aborted,
+                aborted_left = r.aborted,
+                failed = r.failed,
+                "shutdown: uploads settled; unmounting"
+            );
+            let busy = match unmounter.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                Some(mut u) => u.unmount().err(),
+                None => None,
+            };
+            if let Some(e) = busy {
+                // Files are still open (their writers got EIO): detach the
+                // mount so the name is free, and leave; the kernel fails the
+                // remaining calls of those descriptors.
+                tracing::info!(error = %e, "unmount busy: detaching");
+                lazy_unmount(&dir);
+                std::process::exit(0);
+            }
+            // A non-root unmount goes through fusermount, which may refuse
+            // quietly: do not wait for ever.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tracing::info!("session still running after unmount: detaching and exiting");
+            lazy_unmount(&dir);
+            std::process::exit(0);
+        });
+    }
     tracing::info!(bucket = %o.bucket, prefix = %o.prefix, dir = %o.mountpoint.display(), "mounted");
     ready.report(Ok(()));
     let r = session.run().map_err(|e| format!("FUSE session: {e}"));
     tracing::info!("unmounted");
+    // An unmount from outside (umount, fusermount -u) comes here directly:
+    // the kernel allowed it, so no file is open; settle what is left.
+    rt.block_on(async {
+        fs.shutdown(Duration::ZERO).await;
+        journal.sweep_all(store.as_ref()).await;
+    });
     rt.shutdown_timeout(Duration::from_secs(30));
     r
+}
+
+/// umount2(MNT_DETACH), else `fusermount3 -u -z`; errors only logged.
+fn lazy_unmount(dir: &Path) {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return;
+    }
+    let ok = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        tracing::warn!(dir = %dir.display(), "could not detach the mount");
+    }
 }
 
 #[cfg(test)]
@@ -397,6 +511,8 @@ mod tests {
             fuse_threads: 2,
             metadata_ttl: Duration::from_secs(1),
             max_readahead: 64 << 20,
+            state_dir: "/tmp/state".into(),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 

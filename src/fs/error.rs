@@ -44,6 +44,8 @@ pub enum FsError {
     CrossDevice(&'static str),
     #[error("out of buffer memory: {0}")]
     NoBuffers(String),
+    #[error("the mount is shutting down")]
+    ShuttingDown,
 }
 
 impl FsError {
@@ -58,6 +60,7 @@ impl FsError {
             FsError::Busy(_) => libc::EBUSY,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::Io(_) => libc::EIO,
+            FsError::ShuttingDown => libc::ESHUTDOWN,
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::NoXattr => libc::ENOTSUP,
             FsError::ReadOnly => libc::EROFS,

@@ -10,11 +10,11 @@ pub mod meta;
 
 use crate::prefetch::Reader;
 use crate::s3::{MetadataDirective, ObjectStore, PutOptions};
-use crate::upload::{Upload, UploadConfig};
+use crate::upload::{Progress, Upload, UploadConfig};
 pub use error::{FsError, FsResult};
 use inode::{Inode, InodeTable, Kind, StoredMeta, ROOT};
 use meta::PosixMeta;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -140,6 +140,34 @@ pub struct Fs {
     me: Weak<Fs>,
     /// Woken when a statahead batch has been recorded.
     ahead_done: tokio::sync::Notify,
+    /// Set at shutdown: new opens are refused.
+    closing: std::sync::atomic::AtomicBool,
+    /// Files being written (by handle), for `bucketfs status`.
+    writers: Mutex<BTreeMap<u64, (String, Arc<Progress>)>>,
+    stats: MountStats,
+}
+
+/// Counters of the whole mount, for `bucketfs status`.
+#[derive(Debug, Default)]
+pub struct MountStats {
+    /// Files whose close stored them.
+    pub files_stored: AtomicU64,
+    pub bytes_stored: AtomicU64,
+    /// Closes that failed (nothing stored).
+    pub failures: AtomicU64,
+    /// Uploads of files still open at shutdown, aborted.
+    pub aborted_at_shutdown: AtomicU64,
+}
+
+/// One file being written, as `bucketfs status` shows it.
+#[derive(Debug, Clone)]
+pub struct WriterStatus {
+    pub key: String,
+    pub bytes_written: u64,
+    pub bytes_sent: u64,
+    pub parts_sent: u64,
+    pub parts_in_flight: u64,
+    pub elapsed: Duration,
 }
 
 /// Siblings read ahead with one lookup (HEADs sent together).
@@ -241,7 +269,103 @@ impl Fs {
             mounted_at: now,
             me: me.clone(),
             ahead_done: tokio::sync::Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            writers: Mutex::new(BTreeMap::new()),
+            stats: MountStats::default(),
         })
+    }
+
+    /// The mount's counters.
+    pub fn stats(&self) -> &MountStats {
+        &self.stats
+    }
+
+    /// The files being written now, in key order.
+    pub fn writers(&self) -> Vec<WriterStatus> {
+        let w = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<WriterStatus> = w
+            .values()
+            .map(|(key, p)| WriterStatus {
+                key: key.clone(),
+                bytes_written: p.bytes_written.load(Ordering::Relaxed),
+                bytes_sent: p.bytes_sent.load(Ordering::Relaxed),
+                parts_sent: p.parts_sent.load(Ordering::Relaxed),
+                parts_in_flight: p.parts_in_flight.load(Ordering::Relaxed),
+                elapsed: p.started.elapsed(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    /// Shows the file of handle `fh` in `bucketfs status` (once per upload).
+    fn track(&self, fh: u64, key: &str, u: &Upload) {
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(fh)
+            .or_insert_with(|| (key.to_string(), u.progress_handle()));
+    }
+
+    fn untrack(&self, fh: u64) {
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+    }
+
+    fn not_closing(&self) -> FsResult<()> {
+        if self.closing.load(Ordering::Relaxed) {
+            Err(FsError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Shuts down (SIGTERM, SIGINT): new opens get ESHUTDOWN; closes in
+    /// progress get until `grace` to finish; files still open for writing
+    /// have their uploads aborted (their later writes and close get EIO,
+    /// nothing appears at their keys); pending attributes are written.
+    /// Returns how many uploads it aborted.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.closing.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + grace;
+        let handles: Vec<(u64, SharedHandle)> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(fh, h)| (*fh, h.clone()))
+            .collect();
+        let mut aborted = 0;
+        for (fh, h) in handles {
+            let Ok(mut g) = tokio::time::timeout_at(deadline, h.lock()).await else {
+                tracing::warn!(fh, "shutdown: a close is still running after the grace period; its upload is left to the journal");
+                continue;
+            };
+            let Handle::Write(w) = &mut *g else { continue };
+            if w.state != WriteState::Open {
+                continue;
+            }
+            w.state = WriteState::Failed;
+            if let Some(mut u) = w.upload.take() {
+                tracing::warn!(key = %w.key, written = u.size(), "shutdown: file still open for writing; its upload is aborted and nothing is stored");
+                u.abort().await;
+                aborted += 1;
+                self.stats
+                    .aborted_at_shutdown
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attrs = left.max(Duration::from_secs(5));
+        if tokio::time::timeout(attrs, self.persist_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: gave up writing pending attributes");
+        }
+        aborted
     }
 
     /// The configuration.
@@ -1067,6 +1191,7 @@ impl Fs {
         pid: u32,
     ) -> FsResult<(Attr, u64)> {
         self.writable()?;
+        self.not_closing()?;
         let name = check_name(name)?;
         let pkey = self.dir_key(parent)?;
         let key = format!("{pkey}{name}");
@@ -1113,6 +1238,7 @@ impl Fs {
     /// Opens a file. Reading streams the object; writing replaces it at close
     /// (with O_TRUNC at once, without O_TRUNC only once a write at offset 0 comes).
     pub async fn open(&self, ino: u64, flags: i32, pid: u32) -> FsResult<u64> {
+        self.not_closing()?;
         let inode = self.inode(ino)?;
         if inode.kind == Kind::Dir {
             return Err(FsError::IsDir);
@@ -1200,6 +1326,7 @@ impl Fs {
             }
         }
         let u = w.upload.as_mut().expect("set above");
+        self.track(w.fh, &w.key, u);
         if let Err(e) = u.write(offset, data).await {
             tracing::warn!(key = %w.key, offset, len = data.len(), size = u.size(), error = %e, "write refused");
             // A refused write dooms the file (the upload says why at close).
@@ -1297,6 +1424,9 @@ impl Fs {
         match upload.finish().await {
             Ok(f) => {
                 tracing::info!(key = %w.key, size = f.size, parts = f.parts, etag = %f.etag, "stored");
+                self.untrack(w.fh);
+                self.stats.files_stored.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_stored.fetch_add(f.size, Ordering::Relaxed);
                 w.state = WriteState::Done;
                 let mut later = false;
                 if let Some(i) = self.table().get_mut(w.ino) {
@@ -1323,6 +1453,8 @@ impl Fs {
             }
             Err(e) => {
                 tracing::error!(key = %w.key, error = %e, "close failed: nothing was stored at the key");
+                self.untrack(w.fh);
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 w.state = WriteState::Failed;
                 Err(e.into())
             }
@@ -1378,6 +1510,7 @@ impl Fs {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh);
         let Some(h) = h else { return Ok(()) };
+        self.untrack(fh);
         let mut g = h.lock().await;
         if let Handle::Write(w) = &mut *g {
             if w.state == WriteState::Open && w.upload.is_some() {

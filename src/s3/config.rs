@@ -6,6 +6,7 @@ use super::sigv4::Credentials;
 use reqwest::Url;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// How request bodies are covered by the signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +31,17 @@ pub struct S3Config {
     pub payload_signing: PayloadSigning,
     /// Attempts per request, the first included.
     pub max_attempts: u32,
+    /// Fixed part of each request's deadline.
+    pub request_timeout: Duration,
+    /// Slowest transfer (bytes per second) a body may make before its
+    /// request is cut off as stalled and retried.
+    pub min_transfer_rate: u64,
 }
+
+/// Default fixed part of a request's deadline.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default slowest transfer rate: 256 KiB/s.
+pub const MIN_TRANSFER_RATE: u64 = 256 * 1024;
 
 /// Command-line overrides; `None` falls back to the environment.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +50,8 @@ pub struct ConfigOverrides {
     pub region: Option<String>,
     pub force_path_style: bool,
     pub payload_signing: Option<PayloadSigning>,
+    pub request_timeout: Option<Duration>,
+    pub min_transfer_rate: Option<u64>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -71,6 +84,8 @@ impl S3Config {
             ca_bundle: env("AWS_CA_BUNDLE").map(PathBuf::from),
             payload_signing: o.payload_signing.unwrap_or(PayloadSigning::UnsignedWithMd5),
             max_attempts: 5,
+            request_timeout: o.request_timeout.unwrap_or(REQUEST_TIMEOUT),
+            min_transfer_rate: o.min_transfer_rate.unwrap_or(MIN_TRANSFER_RATE).max(1),
         })
     }
 }

@@ -50,6 +50,9 @@ pub enum S3Error {
     /// Bad configuration (endpoint, credentials, CA bundle).
     #[error("configuration error: {0}")]
     Config(String),
+    /// A local failure around a request (the crash journal could not be written).
+    #[error("{0}")]
+    Local(String),
 }
 
 fn request_id_suffix(id: &str) -> String {

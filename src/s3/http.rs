@@ -18,10 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Upper bound on one error body we read (S3 error documents are tiny).
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// Fixed part of every request's deadline.
-const BASE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Slowest transfer rate we wait for before calling a body stalled.
-const MIN_RATE_BYTES_PER_SEC: u64 = 256 * 1024;
 /// Complete and copies carry tiny bodies but may work for minutes on the server.
 const SERVER_WORK_TIMEOUT: Duration = Duration::from_secs(600);
 /// Total time one request may spend in retries.
@@ -97,7 +93,17 @@ struct Request<'a> {
     idempotent: bool,
     /// The server may answer 200 and still put an `<Error>` in the body.
     error_in_200: bool,
-    timeout: Duration,
+    timeout: Deadline,
+}
+
+/// How long one attempt of a request may take.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    /// The configured base plus the time to move this many bytes at the
+    /// slowest rate we accept: a body that stops moving is cut off.
+    Scaled(u64),
+    /// Server-side work (Complete, copies) that may take minutes.
+    Fixed(Duration),
 }
 
 impl<'a> Request<'a> {
@@ -113,7 +119,7 @@ impl<'a> Request<'a> {
             md5: None,
             idempotent: true,
             error_in_200: false,
-            timeout: BASE_TIMEOUT,
+            timeout: Deadline::Scaled(0),
         }
     }
     fn query(mut self, k: &str, v: impl Into<String>) -> Self {
@@ -125,16 +131,17 @@ impl<'a> Request<'a> {
         self
     }
     fn body(mut self, body: Bytes, md5: Option<[u8; 16]>) -> Self {
-        self.timeout = timeout_for(body.len() as u64);
+        self.timeout = Deadline::Scaled(body.len() as u64);
         self.body = body;
         self.md5 = md5;
         self
     }
 }
 
-/// A deadline that scales with the bytes to move, so a stalled body is cut off.
-pub fn timeout_for(bytes: u64) -> Duration {
-    BASE_TIMEOUT + Duration::from_secs(bytes / MIN_RATE_BYTES_PER_SEC)
+/// A deadline that scales with the bytes to move, so a stalled body is cut
+/// off: `base` plus the bytes at `min_rate` bytes per second.
+pub fn timeout_for(base: Duration, min_rate: u64, bytes: u64) -> Duration {
+    base + Duration::from_secs_f64(bytes as f64 / min_rate.max(1) as f64)
 }
 
 /// MD5 of a body, computed once by whoever holds the bytes.
@@ -413,7 +420,12 @@ impl Client {
         let mut req = self
             .http
             .request(r.method.clone(), url.clone())
-            .timeout(r.timeout);
+            .timeout(match r.timeout {
+                Deadline::Scaled(n) => {
+                    timeout_for(self.cfg.request_timeout, self.cfg.min_transfer_rate, n)
+                }
+                Deadline::Fixed(d) => d,
+            });
         for (k, v) in headers.iter().chain(added.iter()) {
             req = req.header(k.as_str(), v.as_str());
         }
@@ -545,9 +557,9 @@ impl Client {
                 return Err(S3Error::Config(format!("empty range {range:?}")));
             }
             r = r.header("range", format!("bytes={}-{}", range.start, range.end - 1));
-            r.timeout = timeout_for(range.end - range.start);
+            r.timeout = Deadline::Scaled(range.end - range.start);
         } else {
-            r.timeout = SERVER_WORK_TIMEOUT;
+            r.timeout = Deadline::Fixed(SERVER_WORK_TIMEOUT);
         }
         let r = sse_headers(r, sse.filter(|s| matches!(s, Sse::Customer { .. })), false);
         let a = self.send(&r).await?;
@@ -631,7 +643,7 @@ impl Client {
             }
         };
         r.error_in_200 = true;
-        r.timeout = SERVER_WORK_TIMEOUT;
+        r.timeout = Deadline::Fixed(SERVER_WORK_TIMEOUT);
         let a = self.send(&r).await?;
         xml::parse_etag_result("CopyObject", "CopyObjectResult", &a.body)
     }
@@ -767,7 +779,7 @@ impl Client {
             );
         }
         r.error_in_200 = true;
-        r.timeout = SERVER_WORK_TIMEOUT;
+        r.timeout = Deadline::Fixed(SERVER_WORK_TIMEOUT);
         let a = self.send(&r).await?;
         xml::parse_etag_result("UploadPartCopy", "CopyPartResult", &a.body)
     }
@@ -790,7 +802,7 @@ impl Client {
             .body(body, None);
         r.idempotent = false;
         r.error_in_200 = true;
-        r.timeout = SERVER_WORK_TIMEOUT;
+        r.timeout = Deadline::Fixed(SERVER_WORK_TIMEOUT);
         let a = self.send(&r).await?;
         xml::parse_etag_result(
             "CompleteMultipartUpload",
@@ -948,6 +960,8 @@ mod tests {
             ca_bundle: None,
             payload_signing: PayloadSigning::UnsignedWithMd5,
             max_attempts: 1,
+            request_timeout: crate::s3::config::REQUEST_TIMEOUT,
+            min_transfer_rate: crate::s3::config::MIN_TRANSFER_RATE,
         })
         .unwrap()
     }

@@ -8,17 +8,23 @@
 //! Knows the [`ObjectStore`] trait, never inodes or FUSE.
 
 pub mod budget;
+pub mod journal;
 pub mod schedule;
 
 use crate::s3::{bare_etag, hex, md5_of, multipart_etag, ObjectStore, PutOptions, S3Error};
 use budget::{Budget, BudgetError, Grant, Spill};
 use bytes::{Bytes, BytesMut};
+use journal::Journal;
 use schedule::Schedule;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio::task::{JoinHandle, JoinSet};
+
+/// Times Complete is sent when its outcome is unknown and the upload still exists.
+const COMPLETE_ATTEMPTS: u32 = 4;
 
 /// How long a writer waits for memory before its write fails (ENOBUFS).
 pub const MEMORY_WAIT: Duration = Duration::from_secs(120);
@@ -35,6 +41,9 @@ pub struct UploadConfig {
     pub budget: Arc<Budget>,
     /// How long a writer waits for memory before its write fails.
     pub memory_wait: Duration,
+    /// Where multipart uploads are written down before they start, so a
+    /// crash leaves nothing the next mount cannot abort.
+    pub journal: Option<Arc<Journal>>,
 }
 
 impl UploadConfig {
@@ -46,6 +55,7 @@ impl UploadConfig {
             hold_first_part: true,
             budget: Budget::new(u64::MAX),
             memory_wait: MEMORY_WAIT,
+            journal: None,
         }
     }
 }
@@ -69,6 +79,46 @@ pub enum UploadError {
     /// The memory budget stayed full for the whole wait.
     #[error("{0}")]
     NoMemory(BudgetError),
+}
+
+/// Live counters of one upload, read by `bucketfs status`.
+#[derive(Debug)]
+pub struct Progress {
+    pub started: std::time::Instant,
+    /// The file's size so far.
+    pub bytes_written: AtomicU64,
+    /// Bytes the server confirmed (parts, or the single PutObject).
+    pub bytes_sent: AtomicU64,
+    pub parts_sent: AtomicU64,
+    pub parts_in_flight: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            started: std::time::Instant::now(),
+            bytes_written: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            parts_sent: AtomicU64::new(0),
+            parts_in_flight: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Counts a part in flight for as long as it lives (its task may be aborted).
+struct InFlight(Arc<Progress>);
+
+impl InFlight {
+    fn new(p: &Arc<Progress>) -> Self {
+        p.parts_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(p.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.parts_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A part that made it to the server.
@@ -99,21 +149,137 @@ struct Target {
     opts: PutOptions,
     /// Created once, by whoever sends a part first.
     upload_id: Arc<OnceCell<String>>,
+    journal: Option<Arc<Journal>>,
+    /// The journal entry of this upload, once written.
+    entry: Arc<std::sync::OnceLock<u64>>,
+    progress: Arc<Progress>,
 }
 
 impl Target {
+    fn new(store: Arc<dyn ObjectStore>, key: &str, opts: PutOptions, cfg: &UploadConfig) -> Self {
+        Target {
+            store,
+            key: key.into(),
+            opts,
+            upload_id: Arc::new(OnceCell::new()),
+            journal: cfg.journal.clone(),
+            entry: Arc::new(std::sync::OnceLock::new()),
+            progress: Arc::new(Progress::new()),
+        }
+    }
+
+    /// The upload ID, creating the upload on first use. The journal gets
+    /// the intent before the request and the ID after it.
     async fn upload_id(&self) -> Result<String, S3Error> {
         self.upload_id
             .get_or_try_init(|| async {
-                let id = self
+                let entry = match &self.journal {
+                    Some(j) => Some(j.begin(&self.key).map_err(|e| {
+                        tracing::error!(key = %self.key, dir = %j.dir().display(), error = %e, "journal: cannot record an upload; refusing to start it");
+                        S3Error::Local(format!("journal {}: {e}", j.dir().display()))
+                    })?),
+                    None => None,
+                };
+                let created = self
                     .store
                     .create_multipart_upload(&self.key, &self.opts)
-                    .await?;
-                tracing::debug!(key = %self.key, upload_id = %id, "multipart upload created");
-                Ok(id)
+                    .await;
+                let (Some(j), Some(n)) = (&self.journal, entry) else {
+                    return created;
+                };
+                match &created {
+                    Ok(id) => {
+                        let _ = self.entry.set(n);
+                        if let Err(e) = j.set_upload_id(n, id) {
+                            // The intent stays: the next mount finds the upload by listing.
+                            tracing::warn!(key = %self.key, error = %e, "journal: cannot record the upload ID");
+                        }
+                    }
+                    // The server said no: nothing was created.
+                    Err(e) if e.never_sent() || matches!(e, S3Error::Service { .. }) => j.end(n),
+                    // Maybe created: the reaper looks for it by listing.
+                    Err(_) => j.doom(n),
+                }
+                created
             })
             .await
+            .inspect(|id| tracing::debug!(key = %self.key, upload_id = %id, "multipart upload ready"))
             .cloned()
+    }
+
+    /// CompleteMultipartUpload, retried with care: Complete is not
+    /// idempotent, so after an error whose outcome is unknown (a lost
+    /// answer, a 500) it first asks whether the upload still exists
+    /// (ListParts). If it does, Complete is sent again; if it is gone, the
+    /// object at the key must be the one this upload made (its ETag, or
+    /// for unverifiable copies its part count and size), else the error stands.
+    async fn complete(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        expected_etag: Option<&str>,
+        size: u64,
+    ) -> Result<String, S3Error> {
+        let key = &*self.key;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let err = match self
+                .store
+                .complete_multipart_upload(key, upload_id, parts)
+                .await
+            {
+                Ok(etag) => return Ok(etag),
+                Err(e) => e,
+            };
+            match self.store.list_parts(key, upload_id).await {
+                Ok(_) if err.retry() == crate::s3::Retry::No => return Err(err),
+                Ok(_) if attempt < COMPLETE_ATTEMPTS => {
+                    tracing::debug!(key = %key, attempt, error = %err, "Complete failed; the upload still exists: sending it again");
+                }
+                Ok(_) => return Err(err),
+                Err(gone) if gone.is_not_found() => {
+                    let head = self.store.head_object(key).await;
+                    let ours = match &head {
+                        Ok(h) => {
+                            let got = bare_etag(&h.etag);
+                            match expected_etag {
+                                Some(x) => got == x,
+                                None => {
+                                    h.size == size && got.ends_with(&format!("-{}", parts.len()))
+                                }
+                            }
+                        }
+                        Err(_) => false,
+                    };
+                    if ours {
+                        let etag = head.map(|h| h.etag).unwrap_or_default();
+                        tracing::info!(key = %key, attempt, error = %err, "Complete's answer was lost, but the object is there with our ETag");
+                        return Ok(etag);
+                    }
+                    return Err(err);
+                }
+                Err(e) if attempt < COMPLETE_ATTEMPTS => {
+                    tracing::debug!(key = %key, attempt, error = %e, "cannot tell whether Complete worked; asking again");
+                }
+                Err(_) => return Err(err),
+            }
+            tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+        }
+    }
+
+    /// The upload is settled on the server (completed or aborted): the journal forgets it.
+    fn settled(&self) {
+        if let (Some(j), Some(n)) = (&self.journal, self.entry.get()) {
+            j.end(*n);
+        }
+    }
+
+    /// The abort failed: the journal keeps the upload for the reaper.
+    fn unsettled(&self) {
+        if let (Some(j), Some(n)) = (&self.journal, self.entry.get()) {
+            j.doom(*n);
+        }
     }
 
     /// Sends one part; its memory is given back when the request ends.
@@ -123,6 +289,7 @@ impl Target {
         body: Bytes,
         grant: Option<Grant>,
     ) -> Result<SentPart, S3Error> {
+        let _counted = InFlight::new(&self.progress);
         let upload_id = self.upload_id().await?;
         // 8 MiB of MD5 is ~15 ms of CPU: off the async workers, which keep
         // answering the writer's FUSE requests meanwhile.
@@ -130,6 +297,7 @@ impl Target {
         let md5 = tokio::task::spawn_blocking(move || md5_of(&b))
             .await
             .map_err(|e| S3Error::malformed("UploadPart", format!("hashing part {number}: {e}")))?;
+        let len = body.len() as u64;
         let etag = self
             .store
             .upload_part(&self.key, &upload_id, number, body, md5)
@@ -139,6 +307,8 @@ impl Target {
                 detail: format!("part {number}: {e}"),
             })?;
         drop(grant);
+        self.progress.parts_sent.fetch_add(1, Ordering::Relaxed);
+        self.progress.bytes_sent.fetch_add(len, Ordering::Relaxed);
         Ok(SentPart { number, etag, md5 })
     }
 }
@@ -241,12 +411,7 @@ impl Upload {
     ) -> Self {
         let cfg_max = cfg.schedule.max_file_size();
         Upload {
-            target: Target {
-                store,
-                key: key.into(),
-                opts,
-                upload_id: Arc::new(OnceCell::new()),
-            },
+            target: Target::new(store, &key, opts, &cfg),
             cfg,
             held: None,
             tail: BytesMut::new(),
@@ -341,6 +506,11 @@ impl Upload {
         true
     }
 
+    /// Live counters, shared with `bucketfs status`.
+    pub fn progress_handle(&self) -> Arc<Progress> {
+        self.target.progress.clone()
+    }
+
     /// Parts confirmed by the server, and parts on their way.
     pub fn progress(&self) -> (usize, usize) {
         (self.sent.len(), self.in_flight.len())
@@ -398,6 +568,10 @@ impl Upload {
             return Err(UploadError::Failed(f.clone()));
         }
         let r = self.try_write(offset, data).await;
+        self.target
+            .progress
+            .bytes_written
+            .store(self.size(), Ordering::Relaxed);
         if let Err(e) = &r {
             if self.failed.is_none() {
                 self.failed = Some(e.to_string());
@@ -676,11 +850,17 @@ impl Upload {
                 .put_object(&self.target.key, body, Some(md5), &self.target.opts)
                 .await
             {
-                Ok(etag) => Ok(Finished {
-                    etag,
-                    size,
-                    parts: 0,
-                }),
+                Ok(etag) => {
+                    self.target
+                        .progress
+                        .bytes_sent
+                        .store(size, Ordering::Relaxed);
+                    Ok(Finished {
+                        etag,
+                        size,
+                        parts: 0,
+                    })
+                }
                 Err(e) => Err(self.fail(format!("PutObject: {e}"))),
             };
         }
@@ -717,10 +897,14 @@ impl Upload {
             .collect();
         let md5s: Vec<[u8; 16]> = self.sent.values().map(|p| p.md5).collect();
         let key = self.target.key.clone();
+        let expected = multipart_etag(&md5s);
+        // A copied part whose ETag was not an MD5 (a vendor's or an
+        // encrypted one) leaves nothing to compare with.
+        let verifiable = md5s.iter().all(|m| *m != [0; 16])
+            && crate::s3::Sse::etag_is_md5(self.target.opts.sse.as_ref());
         let etag = match self
             .target
-            .store
-            .complete_multipart_upload(&key, &upload_id, &parts)
+            .complete(&upload_id, &parts, verifiable.then_some(&*expected), size)
             .await
         {
             Ok(etag) => etag,
@@ -728,11 +912,8 @@ impl Upload {
         };
         // The upload is gone on the server now: nothing left to abort.
         self.ended = true;
-        let expected = multipart_etag(&md5s);
+        self.target.settled();
         let got = bare_etag(&etag);
-        // A copied part whose ETag was not an MD5 (a vendor's or an
-        // encrypted one) leaves nothing to compare with.
-        let verifiable = md5s.iter().all(|m| *m != [0; 16]);
         if verifiable && got != expected {
             if looks_like_multipart_etag(&got)
                 && crate::s3::Sse::etag_is_md5(self.target.opts.sse.as_ref())
@@ -836,12 +1017,10 @@ impl Upload {
         }
         parts.sort();
         let count = parts.len() as u32;
-        match store
-            .complete_multipart_upload(&key, &upload_id, &parts)
-            .await
-        {
+        match self.target.complete(&upload_id, &parts, None, n).await {
             Ok(etag) => {
                 self.ended = true;
+                self.target.settled();
                 Ok(Finished {
                     etag,
                     size: n,
@@ -868,9 +1047,14 @@ impl Upload {
             if let Some(id) = self.target.upload_id.get() {
                 let key = &self.target.key;
                 match self.target.store.abort_multipart_upload(key, id).await {
-                    Ok(()) => tracing::info!(key = %key, upload_id = %id, "upload aborted"),
+                    Ok(()) => {
+                        tracing::info!(key = %key, upload_id = %id, "upload aborted");
+                        self.target.settled();
+                    }
+                    Err(e) if e.is_not_found() => self.target.settled(),
                     Err(e) => {
-                        tracing::warn!(key = %key, upload_id = %id, error = %e, "abort failed; the upload is left on the server")
+                        tracing::warn!(key = %key, upload_id = %id, error = %e, "abort failed; will try again (the journal keeps the upload)");
+                        self.target.unsettled();
                     }
                 }
             }

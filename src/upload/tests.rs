@@ -443,3 +443,85 @@ async fn appends_copy_the_existing_object_as_the_first_part() {
         "only the append that finished copied"
     );
 }
+
+/// Complete is not idempotent: when its answer is lost after the server
+/// did the work, the engine asks (ListParts says the upload is gone; the
+/// HEAD shows our ETag) instead of failing a close whose object exists.
+#[tokio::test]
+async fn a_lost_complete_answer_is_found_by_asking() {
+    let store = Arc::new(MemoryStore::new());
+    store.lose_response_nth(Op::CompleteMultipartUpload, 1, "InternalError");
+    let body = data(12 * MIB, 21);
+    let mut u = upload(&store, "lost", cfg(5 * MIB, 2));
+    u.write(0, &body).await.unwrap();
+    let f = u.finish().await.expect("the object was completed");
+    assert_eq!(f.parts, 3);
+    assert_eq!(store.calls(Op::CompleteMultipartUpload), 1);
+    assert!(store.object("lost").unwrap().body[..] == body[..]);
+    assert!(store.uploads().is_empty());
+
+    // A Complete that failed without effect is sent again while the upload exists.
+    store.fail_nth(Op::CompleteMultipartUpload, 2, "InternalError");
+    let mut u = upload(&store, "again", cfg(5 * MIB, 2));
+    u.write(0, &body).await.unwrap();
+    u.finish().await.expect("the second Complete works");
+    assert_eq!(store.calls(Op::CompleteMultipartUpload), 3);
+    assert!(store.object("again").unwrap().body[..] == body[..]);
+}
+
+/// With a journal: the entry exists (with its upload ID) while the upload
+/// runs and is gone once it completes; an abort that fails leaves the
+/// entry to the reaper, which aborts the upload once the store answers.
+#[tokio::test]
+async fn the_journal_follows_each_upload_to_its_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let info = journal::MountInfo {
+        bucket: "b".into(),
+        prefix: String::new(),
+        mountpoint: "/m".into(),
+        pid: 1,
+    };
+    let (j, _) = Journal::open(tmp.path(), &info).unwrap();
+    let j = Arc::new(j);
+    let store = Arc::new(MemoryStore::new());
+    let mut c = cfg(5 * MIB, 2);
+    c.journal = Some(j.clone());
+
+    let mut u = upload(&store, "ok", c.clone());
+    u.write(0, &data(12 * MIB, 22)).await.unwrap();
+    // Part 2 went out in a task: let it create the upload.
+    for _ in 0..500 {
+        if u.upload_id().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let live = j.entries().unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].key, "ok");
+    assert_eq!(live[0].upload_id.as_deref(), u.upload_id());
+    u.finish().await.unwrap();
+    assert!(j.entries().unwrap().is_empty());
+
+    // A single PutObject never touches the journal.
+    let mut u = upload(&store, "small", c.clone());
+    u.write(0, b"abc").await.unwrap();
+    u.finish().await.unwrap();
+    assert!(j.entries().unwrap().is_empty());
+
+    // Complete refused for good, and the abort fails too: the upload stays,
+    // and so does its entry.
+    store.fail_all(Op::CompleteMultipartUpload, "InvalidPart");
+    store.fail_all(Op::AbortMultipartUpload, "InternalError");
+    let mut u = upload(&store, "stuck", c.clone());
+    u.write(0, &data(12 * MIB, 23)).await.unwrap();
+    assert!(u.finish().await.is_err());
+    assert!(store.object("stuck").is_none());
+    assert_eq!(store.uploads().len(), 1);
+    assert_eq!(j.doomed().len(), 1);
+    assert_eq!(j.reap(store.as_ref()).await, 1, "still failing");
+    store.clear_faults();
+    assert_eq!(j.reap(store.as_ref()).await, 0);
+    assert!(store.uploads().is_empty());
+    assert!(j.entries().unwrap().is_empty());
+}
