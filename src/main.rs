@@ -42,6 +42,9 @@ struct S3Args {
     /// --min-transfer-rate, so a stalled upload is cut off and retried
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// Attempts per request, the first included (transient errors are retried)
+    #[arg(long, global = true, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
     /// Slowest transfer a request body may make, per second
     #[arg(long, global = true, default_value = "256KiB", value_parser = parse_size_arg)]
     min_transfer_rate: u64,
@@ -158,7 +161,8 @@ struct MountArgs {
     #[arg(long, value_name = "PATH")]
     log_file: Option<std::path::PathBuf>,
     /// Comma-separated mount options as fstab passes them: ro, rw, allow_other,
-    /// allow_root, uid=N, gid=N, file_mode=OCTAL, dir_mode=OCTAL, memory_limit=SIZE, ...
+    /// allow_root, uid=N, gid=N, file_mode=OCTAL, dir_mode=OCTAL, memory_limit=SIZE,
+    /// state_dir=PATH, ...
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
 }
@@ -288,6 +292,7 @@ fn client(a: &S3Args) -> anyhow::Result<Client> {
         }),
         request_timeout: Some(a.request_timeout),
         min_transfer_rate: Some(a.min_transfer_rate),
+        max_attempts: Some(a.max_attempts),
     })?;
     Ok(Client::new(cfg)?)
 }

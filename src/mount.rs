@@ -80,6 +80,12 @@ pub fn apply_o_options(o: &mut MountOptions, spec: &str) -> Result<(), String> {
                 o.memory_limit =
                     parse_size(value.ok_or_else(|| format!("-o {name} needs a value"))?)?
             }
+            "state_dir" => {
+                o.state_dir = value
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| format!("-o {name} needs a value"))?
+                    .into()
+            }
             // Accepted and meaningless here (fstab/mount(8) pass them), or always on.
             "default_permissions"
             | "_netdev"
@@ -519,8 +525,9 @@ mod tests {
     #[test]
     fn fstab_options() {
         let mut o = defaults();
-        apply_o_options(&mut o, "ro,allow_other,uid=1000,gid=100,file_mode=0600,dir_mode=700,_netdev,nofail,x-systemd.automount").unwrap();
+        apply_o_options(&mut o, "ro,allow_other,uid=1000,gid=100,file_mode=0600,dir_mode=700,_netdev,nofail,x-systemd.automount,state_dir=/run/bfs").unwrap();
         assert!(o.read_only && o.allow_other);
+        assert_eq!(o.state_dir, PathBuf::from("/run/bfs"));
         assert_eq!(
             (o.uid, o.gid, o.file_mode, o.dir_mode),
             (1000, 100, 0o600, 0o700)

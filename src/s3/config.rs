@@ -52,6 +52,7 @@ pub struct ConfigOverrides {
     pub payload_signing: Option<PayloadSigning>,
     pub request_timeout: Option<Duration>,
     pub min_transfer_rate: Option<u64>,
+    pub max_attempts: Option<u32>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -83,7 +84,7 @@ impl S3Config {
             credentials: load_credentials()?,
             ca_bundle: env("AWS_CA_BUNDLE").map(PathBuf::from),
             payload_signing: o.payload_signing.unwrap_or(PayloadSigning::UnsignedWithMd5),
-            max_attempts: 5,
+            max_attempts: o.max_attempts.unwrap_or(5).max(1),
             request_timeout: o.request_timeout.unwrap_or(REQUEST_TIMEOUT),
             min_transfer_rate: o.min_transfer_rate.unwrap_or(MIN_TRANSFER_RATE).max(1),
         })

@@ -432,13 +432,16 @@ mod tests {
     /// documents never panic any parser.
     #[test]
     fn parsers_never_panic_on_garbage() {
-        let docs: [&[u8]; 3] = [
+        let docs: [&[u8]; 6] = [
+            b"<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key><UploadId>u</UploadId></InitiateMultipartUploadResult>",
+            b"<CompleteMultipartUploadResult><Location>l</Location><Key>k</Key><ETag>&quot;abc-2&quot;</ETag></CompleteMultipartUploadResult>",
+            b"<Error><Code>InternalError</Code><Message>m</Message><RequestId>r</RequestId></Error>",
             b"<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>a</Key><Size>1</Size></Contents></ListBucketResult>",
             b"<ListPartsResult><IsTruncated>false</IsTruncated><Part><PartNumber>1</PartNumber><ETag>x</ETag><Size>1</Size></Part></ListPartsResult>",
             b"<ListMultipartUploadsResult><IsTruncated>false</IsTruncated><Upload><Key>k</Key><UploadId>u</UploadId><Initiated>2020-01-01T00:00:00Z</Initiated></Upload></ListMultipartUploadsResult>",
         ];
         let mut rng = fastrand::Rng::with_seed(7);
-        for _ in 0..3000 {
+        for _ in 0..20000 {
             let doc = docs[rng.usize(..docs.len())];
             let mut v = doc.to_vec();
             for _ in 0..rng.usize(0..4) {
@@ -451,6 +454,40 @@ mod tests {
             let _ = parse_list_uploads(&v);
             let _ = parse_error(&v);
             let _ = parse_initiate(&v);
+            let _ = parse_etag_result(
+                "CompleteMultipartUpload",
+                "CompleteMultipartUploadResult",
+                &v,
+            );
+            let _ = root_element(&String::from_utf8_lossy(&v));
         }
+    }
+
+    /// A Complete answer cut anywhere is an error, never an ETag made of a
+    /// fragment (the close would otherwise report success on half an answer).
+    #[test]
+    fn truncated_complete_answers_are_errors() {
+        let doc = "<?xml version=\"1.0\"?><CompleteMultipartUploadResult><Location>l</Location><Key>k</Key><ETag>&quot;0123456789abcdef0123456789abcdef-2&quot;</ETag></CompleteMultipartUploadResult>";
+        let full = parse_etag_result(
+            "CompleteMultipartUpload",
+            "CompleteMultipartUploadResult",
+            doc.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(bare(&full), "0123456789abcdef0123456789abcdef-2");
+        for n in 0..doc.len() {
+            let r = parse_etag_result(
+                "CompleteMultipartUpload",
+                "CompleteMultipartUploadResult",
+                &doc.as_bytes()[..n],
+            );
+            if let Ok(e) = r {
+                assert_eq!(e, full, "prefix of {n} bytes gave {e:?}");
+            }
+        }
+    }
+
+    fn bare(e: &str) -> &str {
+        e.trim_matches('"')
     }
 }

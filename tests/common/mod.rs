@@ -97,3 +97,4 @@ pub fn s3ref_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out).expect("s3ref JSON")
 }
 pub mod mount;
+pub mod proxy;

@@ -39,9 +39,14 @@ impl Mounted {
 
     /// Mounts `target` on an existing directory (which may hold a dead mount).
     pub fn at(target: &str, dir: &Path) -> Mounted {
+        Self::at_with(target, dir, &[])
+    }
+
+    /// Mounts `target` on an existing directory with extra arguments.
+    pub fn at_with(target: &str, dir: &Path, args: &[&str]) -> Mounted {
         Self::spawn(
             target,
-            &[],
+            args,
             &[],
             tempfile::tempdir().unwrap(),
             dir.to_path_buf(),
@@ -66,6 +71,11 @@ impl Mounted {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        // Each mount keeps its journal in its own temporary directory unless
+        // the test shares one between mounts (to test crash recovery).
+        if !args.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(tmp.path().join("state"));
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -154,6 +164,27 @@ impl Mounted {
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to `wait`) for the daemon to exit; its status.
+    pub fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
                 return None;
             }
             std::thread::sleep(Duration::from_millis(50));
