@@ -3,7 +3,7 @@
 # boto3 on one throw-away Garage, in one run, so the ratios compare.
 #
 #   scripts/bench.sh [--quick] [--only bucketfs,bucketfs-signed,s3fs,rclone,boto3]
-#                    [--workloads write,read,cpr,rsync,list,write3g]
+#                    [--workloads write,read,cpr,rsync,list,write3g,retries]
 #
 # Workloads (each in a fresh mount; sources read from the page cache):
 #   write 1G   cp of a 1 GiB file into the mount  (boto3: upload_file, 8 MiB parts, 4 threads)
@@ -14,6 +14,10 @@
 #   write 3G   bucketfs only: peak RSS against the 1 GiB copy
 #   bucketfs-signed: the 1 GiB write again with --payload-signing signed
 #   (SHA-256 of every body) against the default UNSIGNED-PAYLOAD + Content-MD5
+#   retries    bucketfs only: the 1 GiB write through the tests' fault proxy
+#              (examples/faultproxy.rs), without faults and with 20% of
+#              UploadParts failing (500, reset, stall in equal shares): the
+#              cost of retries
 # BUCKETFS_BENCH_ARGS adds arguments to every bucketfs mount (e.g. to try
 # --max-parts-in-flight 8).
 # For each: wall seconds, ratio to the fastest, the daemon's CPU seconds and
@@ -31,7 +35,7 @@ cd "$BUCKETFS_REPO"
 
 only="bucketfs,bucketfs-signed,s3fs,rclone,boto3"
 big=$((1024 * 1024 * 1024))
-workloads="write,read,cpr,rsync,list,write3g"
+workloads="write,read,cpr,rsync,list,write3g,retries"
 while (($#)); do
     case "$1" in
         --quick) big=$((256 * 1024 * 1024)) ;;
@@ -93,9 +97,10 @@ mounted() { grep -q " $mnt " /proc/self/mountinfo; }
 start_daemon() {
     local tool="$1" bucket="$2"
     case "$tool" in
-        bucketfs | bucketfs-signed)
+        bucketfs*)
             local extra=()
             [[ "$tool" == bucketfs-signed ]] && extra=(--payload-signing signed)
+            [[ "$tool" == bucketfs-proxy* ]] && extra=("${proxy_args[@]}")
             # shellcheck disable=SC2086 # word splitting of the extra arguments is wanted
             "$bin" mount "$bucket" "$mnt" --foreground "${extra[@]}" ${BUCKETFS_BENCH_ARGS:-} 2>"$work/$tool.log" &
             ;;
@@ -197,6 +202,27 @@ small_ok() { [[ "$(py count "$1" "$2/")" == 500 ]]; }
 if wants bucketfs-signed && does write; then
     py mb bench-signed
     mount_run bucketfs-signed bench-signed "write 1G" "big_ok bench-signed" -- cp "$src/big" big
+fi
+
+if does retries && wants bucketfs; then
+    cargo build --release --quiet --example faultproxy
+    for share in 0 0.2; do
+        py mb "bench-retries-${share/./}"
+        rm -f "$work/pin" "$work/purl"
+        mkfifo "$work/pin"
+        target/release/examples/faultproxy "$AWS_ENDPOINT_URL" "$share" <"$work/pin" >"$work/purl" 2>"$work/pstats" &
+        proxy_pid=$!
+        exec 9>"$work/pin"
+        until [[ -s "$work/purl" ]]; do sleep 0.1; done
+        # Short deadlines cut a stalled part off in seconds; 10 attempts make
+        # 20% failures harmless (0.2^10).
+        proxy_args=(--endpoint-url "$(head -n1 "$work/purl")" --request-timeout 2s --min-transfer-rate 16MiB --max-attempts 10)
+        label_share="$(awk -v s="$share" 'BEGIN { printf "%d", s * 100 }')"
+        mount_run "bucketfs-proxy-${label_share}%-parts-fail" "bench-retries-${share/./}" "write 1G via proxy" "big_ok bench-retries-${share/./}" -- cp "$src/big" big
+        exec 9>&-
+        wait "$proxy_pid" || true
+        log "proxy with $share failing: $(cat "$work/pstats")"
+    done
 fi
 
 if does list; then

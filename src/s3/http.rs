@@ -138,6 +138,14 @@ impl<'a> Request<'a> {
     }
 }
 
+/// The part number of an UploadPart(Copy), for log lines.
+fn part_number<'r>(r: &'r Request<'_>) -> Option<&'r str> {
+    r.query
+        .iter()
+        .find(|(k, _)| k == "partNumber")
+        .map(|(_, v)| v.as_str())
+}
+
 /// A deadline that scales with the bytes to move, so a stalled body is cut
 /// off: `base` plus the bytes at `min_rate` bytes per second.
 pub fn timeout_for(base: Duration, min_rate: u64, bytes: u64) -> Duration {
@@ -376,14 +384,14 @@ impl Client {
                 || started.elapsed() >= MAX_RETRY_ELAPSED
             {
                 if attempt > 1 {
-                    tracing::warn!(op = ?r.op, bucket = r.bucket, key = ?r.key, attempt, error = %err, "giving up");
+                    tracing::warn!(op = ?r.op, bucket = r.bucket, key = ?r.key, part = ?part_number(r), attempt, error = %err, "giving up");
                 }
                 return Err(err);
             }
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
             let cap = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
             let sleep = Duration::from_micros(fastrand::u64(0..=cap.as_micros() as u64));
-            tracing::debug!(op = ?r.op, key = ?r.key, attempt, ?sleep, error = %err, "retrying");
+            tracing::debug!(op = ?r.op, key = ?r.key, part = ?part_number(r), attempt, ?sleep, error = %err, "retrying");
             tokio::time::sleep(sleep).await;
         }
     }

@@ -1,0 +1,35 @@
+//! The tests' fault-injecting S3 proxy as a command, for `scripts/bench.sh`
+//! (the cost of retries). Not part of the product.
+//!
+//!   faultproxy UPSTREAM_URL [UPLOAD_PART_FAILURE_SHARE]
+//!
+//! Prints its own URL on the first line, then serves until stdin closes;
+//! the share (0..1, default 0) of UploadParts is split evenly between 500
+//! answers, resets after the body, and stalls. On exit it prints its counts.
+
+#[path = "../tests/common/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
+
+use std::io::{BufRead, Write};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let Some(upstream) = args.next() else {
+        eprintln!("usage: faultproxy UPSTREAM_URL [UPLOAD_PART_FAILURE_SHARE]");
+        std::process::exit(2);
+    };
+    let share: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let p = proxy::FaultProxy::start(&upstream);
+    p.set(proxy::Faults {
+        upload_part_500: share / 3.0,
+        upload_part_reset: share / 3.0,
+        upload_part_stall: share / 3.0,
+        seed: 1,
+        fail_all: None,
+    });
+    println!("{}", p.url());
+    let _ = std::io::stdout().flush();
+    for _ in std::io::stdin().lock().lines() {}
+    eprintln!("{:?}", p.stats());
+}
