@@ -450,6 +450,7 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
                 // remaining calls of those descriptors.
                 tracing::info!(error = %e, "unmount busy: detaching");
                 lazy_unmount(&dir);
+                journal.retire();
                 std::process::exit(0);
             }
             // A non-root unmount goes through fusermount, which may refuse
@@ -457,6 +458,7 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             tokio::time::sleep(Duration::from_secs(5)).await;
             tracing::info!("session still running after unmount: detaching and exiting");
             lazy_unmount(&dir);
+            journal.retire();
             std::process::exit(0);
         });
     }
@@ -470,6 +472,7 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
         fs.shutdown(Duration::ZERO).await;
         journal.sweep_all(store.as_ref()).await;
     });
+    journal.retire();
     rt.shutdown_timeout(Duration::from_secs(30));
     r
 }

@@ -472,6 +472,23 @@ impl Journal {
         self.doomed().len()
     }
 
+    /// At a clean exit: removes this mount's state directory when no entry
+    /// is left, so mounts at ever new places do not pile up directories.
+    /// Entries that could not be settled stay for the next mount.
+    pub fn retire(&self) {
+        match self.entries() {
+            Ok(e) if e.is_empty() => {
+                if let Err(err) = fs::remove_dir_all(&self.dir) {
+                    tracing::debug!(dir = %self.dir.display(), error = %err, "journal: state directory not removed");
+                }
+            }
+            Ok(e) => {
+                tracing::warn!(dir = %self.dir.display(), left = e.len(), "journal: uploads could not be aborted; the next mount here will try again")
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Aborts every upload still in the journal (shutdown: what no close finished).
     pub async fn sweep_all(&self, store: &dyn ObjectStore) -> SweepReport {
         match self.entries() {
@@ -544,8 +561,17 @@ mod tests {
         assert_eq!(left[0].key, hostile);
         assert_eq!(left[0].upload_id.as_deref(), Some("id with spaces"));
         // New entries never reuse a number still on disk.
-        assert!(j.begin("x").unwrap() > left[0].id);
+        let x = j.begin("x").unwrap();
+        assert!(x > left[0].id);
         assert!(!j.uploads.join("9.tmp").exists() && !j.uploads.join("7").exists());
+        // Retiring keeps a journal that still holds entries...
+        j.retire();
+        assert!(j.dir().exists());
+        // ...and removes an empty one.
+        j.end(x);
+        j.end(left[0].id);
+        j.retire();
+        assert!(!j.dir().exists());
     }
 
     #[test]
