@@ -145,7 +145,12 @@ pub struct Fs {
     /// Files being written (by handle), for `bucketfs status`.
     writers: Mutex<BTreeMap<u64, (String, Arc<Progress>)>>,
     stats: MountStats,
+    /// Keys listings skipped (each is logged once), up to [`MAX_SKIPPED_LOGGED`].
+    skipped: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Skipped keys remembered (so each is logged once); past this, no more are logged.
+const MAX_SKIPPED_LOGGED: usize = 10_000;
 
 /// Counters of the whole mount, for `bucketfs status`.
 #[derive(Debug, Default)]
@@ -272,7 +277,25 @@ impl Fs {
             closing: std::sync::atomic::AtomicBool::new(false),
             writers: Mutex::new(BTreeMap::new()),
             stats: MountStats::default(),
+            skipped: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// A listing skips `key` (`a//b`, `..`, a name over 255 bytes): logged
+    /// once per key, so a big bucket's listings do not flood the log.
+    fn skip_key(&self, key: &str, why: &str) {
+        let mut s = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() < MAX_SKIPPED_LOGGED && s.insert(key.to_string()) {
+            tracing::warn!(key = %crate::admin::escape_key(key), "skipping {why} (logged once)");
+            if s.len() == MAX_SKIPPED_LOGGED {
+                tracing::warn!("{MAX_SKIPPED_LOGGED} keys skipped; no more are logged");
+            }
+        }
+    }
+
+    /// How many distinct keys listings have skipped (tests, status).
+    pub fn skipped_keys(&self) -> usize {
+        self.skipped.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// The mount's counters.
@@ -1000,7 +1023,7 @@ impl Fs {
                 {
                     dirs.push(name);
                 } else {
-                    tracing::warn!(key = %p, "skipping a prefix that cannot be a directory name");
+                    self.skip_key(&p, "a prefix that cannot be a directory name");
                 }
             }
             for o in page.objects {
@@ -1011,7 +1034,7 @@ impl Fs {
                 if listable_name(&name) {
                     files.push((name, o));
                 } else {
-                    tracing::warn!(key = %o.key, "skipping a key that cannot be a file name");
+                    self.skip_key(&o.key, "a key that cannot be a file name");
                 }
             }
             match page.next_token {
@@ -2038,3 +2061,6 @@ impl Fs {
         ROOT
     }
 }
+
+#[cfg(test)]
+mod tests;
