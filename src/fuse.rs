@@ -115,14 +115,25 @@ impl Filesystem for FuseFs {
         }
     }
 
+    /// The kernel no longer names `ino` (as often as it was given it):
+    /// the inode table drops what nothing else holds. (fuser's default
+    /// batch_forget calls this for each inode.)
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
         let ttl = self.ttl;
+        let known = self.fs.clone();
         run!(
             self,
             reply,
             |fs: Arc<Fs>| async move { fs.lookup(parent.0, &name).await },
-            |a| reply.entry(&ttl, &file_attr(&a), Generation(0))
+            |a| {
+                known.remember(a.ino);
+                reply.entry(&ttl, &file_attr(&a), Generation(0))
+            }
         );
     }
 
@@ -182,11 +193,15 @@ impl Filesystem for FuseFs {
     ) {
         let name = name.to_owned();
         let ttl = self.ttl;
+        let known = self.fs.clone();
         run!(
             self,
             reply,
             |fs: Arc<Fs>| async move { fs.mkdir(parent.0, &name, mode & !umask).await },
-            |a| reply.entry(&ttl, &file_attr(&a), Generation(0))
+            |a| {
+                known.remember(a.ino);
+                reply.entry(&ttl, &file_attr(&a), Generation(0))
+            }
         );
     }
 
@@ -247,11 +262,15 @@ impl Filesystem for FuseFs {
     ) {
         let (name, target) = (link_name.to_owned(), target.to_owned());
         let ttl = self.ttl;
+        let known = self.fs.clone();
         run!(
             self,
             reply,
             |fs: Arc<Fs>| async move { fs.symlink(parent.0, &name, &target).await },
-            |a| reply.entry(&ttl, &file_attr(&a), Generation(0))
+            |a| {
+                known.remember(a.ino);
+                reply.entry(&ttl, &file_attr(&a), Generation(0))
+            }
         );
     }
 
@@ -276,11 +295,15 @@ impl Filesystem for FuseFs {
     ) {
         let name = name.to_owned();
         let ttl = self.ttl;
+        let known = self.fs.clone();
         run!(
             self,
             reply,
             |fs: Arc<Fs>| async move { fs.mknod(parent.0, &name, mode & !umask, rdev).await },
-            |a| reply.entry(&ttl, &file_attr(&a), Generation(0))
+            |a| {
+                known.remember(a.ino);
+                reply.entry(&ttl, &file_attr(&a), Generation(0))
+            }
         );
     }
 
@@ -307,17 +330,21 @@ impl Filesystem for FuseFs {
         let name = name.to_owned();
         let pid = req.pid();
         let ttl = self.ttl;
+        let known = self.fs.clone();
         run!(
             self,
             reply,
             |fs: Arc<Fs>| async move { fs.create(parent.0, &name, mode & !umask, pid).await },
-            |(a, fh)| reply.created(
-                &ttl,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty()
-            )
+            |(a, fh)| {
+                known.remember(a.ino);
+                reply.created(
+                    &ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
         );
     }
 

@@ -350,6 +350,7 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             metadata_ttl: o.metadata_ttl,
             max_readahead: o.max_readahead,
             read_budget: Budget::new(plan.read_budget),
+            max_inodes: crate::fs::MAX_INODES,
         };
         tracing::info!(
             memory_limit = o.memory_limit,

@@ -31,6 +31,7 @@ fn fs_config() -> FsConfig {
         metadata_ttl: Duration::from_secs(60),
         max_readahead: 64 << 20,
         read_budget: Budget::new(64 << 20),
+        max_inodes: bucketfs::fs::MAX_INODES,
     }
 }
 

@@ -93,6 +93,11 @@ pub struct Inode {
     pub listing: Option<std::sync::Arc<Vec<String>>>,
     /// A statahead HEAD for this name is on its way.
     pub ahead_pending: bool,
+    /// Entry replies the kernel has not forgotten: while above 0 the kernel
+    /// may name this inode, so it stays.
+    pub lookups: u64,
+    /// For a directory: children this table holds.
+    pub kids: usize,
 }
 
 /// What a CopyObject with REPLACE must carry over.
@@ -164,6 +169,8 @@ impl Inode {
             head_misses: 0,
             listing: None,
             ahead_pending: false,
+            lookups: 0,
+            kids: 0,
         }
     }
 }
@@ -240,7 +247,13 @@ impl InodeTable {
                     i,
                     Inode::new(i, parent, name, kind, key.clone(), SystemTime::now()),
                 );
-                self.children.insert((parent, name.to_string()), i);
+                if self
+                    .children
+                    .insert((parent, name.to_string()), i)
+                    .is_none()
+                {
+                    self.kid_count(parent, 1);
+                }
                 i
             }
         };
@@ -252,7 +265,86 @@ impl InodeTable {
 
     /// Forgets the name `name` in `parent` (the inode stays while handles use it).
     pub fn remove_child(&mut self, parent: u64, name: &str) -> Option<u64> {
-        self.children.remove(&(parent, name.to_string()))
+        let removed = self.children.remove(&(parent, name.to_string()));
+        if removed.is_some() {
+            self.kid_count(parent, -1);
+        }
+        removed
+    }
+
+    fn kid_count(&mut self, parent: u64, delta: isize) {
+        if let Some(p) = self.inodes.get_mut(&parent) {
+            p.kids = p.kids.saturating_add_signed(delta);
+        }
+    }
+
+    /// The kernel got an entry for `ino` (lookup, create, mkdir...).
+    pub fn remember(&mut self, ino: u64) {
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.lookups += 1;
+        }
+    }
+
+    /// The kernel forgot `n` of its lookups of `ino`; once none is left the
+    /// inode is dropped if nothing else holds it.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.lookups = i.lookups.saturating_sub(n);
+        }
+        self.evict(ino);
+    }
+
+    fn idle(i: &Inode) -> bool {
+        i.ino != ROOT
+            && i.lookups == 0
+            && i.writer.is_none()
+            && !i.local
+            && !i.attrs_pending
+            && !i.ahead_pending
+            && i.kids == 0
+    }
+
+    /// Drops `ino` when idle: the kernel does not know it, nothing is
+    /// pending on it, and (a directory) it holds no children here. Its
+    /// parent's listing is then no longer complete, so a later lookup of
+    /// the name asks the server instead of answering "no such file".
+    pub fn evict(&mut self, ino: u64) -> bool {
+        let Some(i) = self.inodes.get(&ino) else {
+            return false;
+        };
+        if !Self::idle(i) {
+            return false;
+        }
+        let (parent, name) = (i.parent, i.name.clone());
+        self.inodes.remove(&ino);
+        let k = (parent, name);
+        if self.children.get(&k) == Some(&ino) {
+            self.children.remove(&k);
+            self.kid_count(parent, -1);
+            if let Some(p) = self.inodes.get_mut(&parent) {
+                p.complete_until = None;
+                p.listing = None;
+            }
+        }
+        true
+    }
+
+    /// Keeps the table near `max` inodes by dropping idle ones the kernel
+    /// does not know (names listings brought in), except children of
+    /// `keep` (the directory being listed). Returns how many went.
+    pub fn trim(&mut self, max: usize, keep: u64) -> usize {
+        if self.inodes.len() <= max {
+            return 0;
+        }
+        let excess = self.inodes.len() - max;
+        let victims: Vec<u64> = self
+            .inodes
+            .values()
+            .filter(|i| i.parent != keep && Self::idle(i))
+            .map(|i| i.ino)
+            .take(excess)
+            .collect();
+        victims.into_iter().filter(|v| self.evict(*v)).count()
     }
 
     /// Moves a file's name to `newparent`/`newname` (its key follows);
@@ -266,7 +358,11 @@ impl InodeTable {
     ) -> Option<u64> {
         let pkey = self.inodes.get(&newparent)?.key.clone();
         let ino = self.children.remove(&(parent, name.to_string()))?;
+        self.kid_count(parent, -1);
         let replaced = self.children.insert((newparent, newname.to_string()), ino);
+        if replaced.is_none() {
+            self.kid_count(newparent, 1);
+        }
         let mut moved_dir = None;
         if let Some(i) = self.inodes.get_mut(&ino) {
             i.parent = newparent;

@@ -44,7 +44,13 @@ pub struct FsConfig {
     pub max_readahead: u64,
     /// Memory all read-ahead shares.
     pub read_budget: Arc<crate::upload::budget::Budget>,
+    /// Inodes kept beyond those the kernel knows (names listings brought in
+    /// are dropped past this, except the directory being listed).
+    pub max_inodes: usize,
 }
+
+/// The default of [`FsConfig::max_inodes`]: about 40 MiB of metadata.
+pub const MAX_INODES: usize = 100_000;
 
 /// File attributes as the kernel wants them (converted in `fuse.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,6 +297,21 @@ impl Fs {
                 tracing::warn!("{MAX_SKIPPED_LOGGED} keys skipped; no more are logged");
             }
         }
+    }
+
+    /// The kernel got an entry reply for `ino`.
+    pub fn remember(&self, ino: u64) {
+        self.table().remember(ino);
+    }
+
+    /// The kernel forgot `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.table().forget(ino, n);
+    }
+
+    /// Inodes held (tests: the table stays bounded).
+    pub fn inode_count(&self) -> usize {
+        self.table().len()
     }
 
     /// How many distinct keys listings have skipped (tests, status).
@@ -1105,6 +1126,10 @@ impl Fs {
                     kind,
                     name: name.clone(),
                 });
+            }
+            let dropped = t.trim(self.cfg.max_inodes, ino);
+            if dropped > 0 {
+                tracing::debug!(dropped, "inode table trimmed");
             }
             let mut order: Vec<String> = entries.iter().skip(2).map(|e| e.name.clone()).collect();
             order.sort_unstable();

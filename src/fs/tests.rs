@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::s3::memory::MemoryStore;
+use crate::s3::Op;
 use crate::upload::schedule::Schedule;
 use bytes::Bytes;
 
@@ -24,6 +25,7 @@ fn cfg() -> FsConfig {
         metadata_ttl: Duration::from_secs(60),
         max_readahead: 8 << 20,
         read_budget: crate::upload::budget::Budget::new(16 << 20),
+        max_inodes: MAX_INODES,
     }
 }
 
@@ -101,4 +103,55 @@ async fn keys_that_cannot_be_names_are_skipped_once() {
         assert!(fs.lookup(root, OsStr::new(bad)).await.is_err(), "{bad:?}");
     }
     assert!(fs.lookup(x.ino, OsStr::new("y")).await.is_err());
+}
+
+/// The inode table stays bounded: what the kernel forgets is dropped, and
+/// names a listing brought in are dropped past `max_inodes` (except the
+/// directory being listed). Dropped names still resolve, by asking the store.
+#[tokio::test]
+async fn the_inode_table_forgets_and_stays_bounded() {
+    let store = Arc::new(MemoryStore::new());
+    for d in ["d1", "d2"] {
+        for i in 0..10 {
+            let k = format!("{d}/f{i}");
+            store.insert_object(&k, Bytes::from_static(b"12"), &PutOptions::default());
+        }
+    }
+    let mut c = cfg();
+    c.max_inodes = 15;
+    let fs = Fs::new(store.clone(), c);
+    let root = fs.root();
+    let d1 = fs.lookup(root, OsStr::new("d1")).await.unwrap();
+    fs.remember(d1.ino);
+    assert_eq!(names(&fs, d1.ino).await.len(), 12);
+    assert_eq!(fs.inode_count(), 12); // root, d1, 10 files
+    let f0 = fs.lookup(d1.ino, OsStr::new("f0")).await.unwrap();
+    fs.remember(f0.ino);
+    fs.remember(f0.ino);
+    fs.forget(f0.ino, 1);
+    assert_eq!(fs.inode_count(), 12, "one lookup is left");
+    fs.forget(f0.ino, 1);
+    assert_eq!(fs.inode_count(), 11, "forgotten and dropped");
+    let heads = store.calls(Op::HeadObject);
+    let again = fs.lookup(d1.ino, OsStr::new("f0")).await.unwrap();
+    assert_eq!(again.size, 2);
+    assert!(store.calls(Op::HeadObject) > heads, "asked the store again");
+    fs.remember(again.ino);
+
+    // Listing d2 brings 11 more: d1's idle files go, d2's and the known stay.
+    let d2 = fs.lookup(root, OsStr::new("d2")).await.unwrap();
+    fs.remember(d2.ino);
+    assert_eq!(names(&fs, d2.ino).await.len(), 12);
+    assert!(fs.inode_count() <= 15, "{} inodes", fs.inode_count());
+    assert!(fs.lookup(d1.ino, OsStr::new("f0")).await.is_ok());
+    // d1's listing is no longer complete: a dropped name is found by asking.
+    let f5 = fs.lookup(d1.ino, OsStr::new("f5")).await.unwrap();
+    assert_eq!(f5.size, 2);
+    assert!(matches!(
+        fs.lookup(d1.ino, OsStr::new("nope")).await,
+        Err(FsError::NotFound)
+    ));
+    // The kernel forgetting a directory with children here keeps it.
+    fs.forget(d2.ino, 1);
+    assert!(fs.lookup(root, OsStr::new("d2")).await.is_ok());
 }
