@@ -25,15 +25,23 @@ struct Cli {
 /// Where the bucket lives.
 #[derive(Args, Debug, Clone)]
 struct S3Args {
-    /// S3 endpoint, e.g. http://127.0.0.1:3900 [default: AWS_ENDPOINT_URL, else AWS S3 of the region]
+    /// S3 endpoint, e.g. http://127.0.0.1:3900; repeat it (or separate with
+    /// commas) for several nodes of one service, which requests fail over
+    /// between [default: AWS_ENDPOINT_URL, else AWS S3 of the region]
     #[arg(long, global = true, value_name = "URL")]
-    endpoint_url: Option<String>,
+    endpoint_url: Vec<String>,
     /// Signing region [default: AWS_REGION, else us-east-1]
     #[arg(long, global = true)]
     region: Option<String>,
     /// Address buckets as http://host/bucket (automatic for IP addresses and localhost)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "virtual_hosted")]
     force_path_style: bool,
+    /// Address buckets as http://bucket.host/ even where path style would be automatic
+    #[arg(long, global = true)]
+    virtual_hosted: bool,
+    /// ListObjects version: 2, or 1 for servers without ListObjectsV2
+    #[arg(long, global = true, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    list_type: u8,
     /// How request bodies are signed: `unsigned` sends UNSIGNED-PAYLOAD for bodies
     /// protected by a signed Content-MD5, `signed` hashes every body with SHA-256 too
     #[arg(long, global = true, value_enum, default_value_t = Signing::Unsigned)]
@@ -60,7 +68,7 @@ enum Signing {
 enum Command {
     /// Mount BUCKET[/PREFIX] at DIR. Files copied in stream to the bucket as
     /// they are written; close() returns once the object is durable.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// In-progress multipart uploads: list them, abort them.
     #[command(subcommand)]
     Uploads(UploadsCmd),
@@ -157,6 +165,21 @@ struct MountArgs {
     /// remains is aborted
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Storage class of every object written (x-amz-storage-class), e.g.
+    /// STANDARD_IA; vendors' own headers go through --header
+    #[arg(long, value_name = "CLASS")]
+    storage_class: Option<String>,
+    /// Extra header on every PutObject, CreateMultipartUpload and CopyObject,
+    /// e.g. x-kss-storage-class:STANDARD_IA (repeatable)
+    #[arg(long = "header", value_name = "NAME:VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Canned ACL of every object written (x-amz-acl), e.g. bucket-owner-full-control
+    #[arg(long, value_name = "CANNED")]
+    acl: Option<String>,
+    /// Server-side encryption: aes256 (SSE-S3), kms[:KEY_ID] (SSE-KMS), or c
+    /// (SSE-C: the 32-byte key, base64, comes from BUCKETFS_SSE_C_KEY, never argv)
+    #[arg(long, value_name = "MODE", value_parser = parse_sse)]
+    sse: Option<SseArg>,
     /// Write the daemon's log here (a background mount has no stderr)
     #[arg(long, value_name = "PATH")]
     log_file: Option<std::path::PathBuf>,
@@ -179,6 +202,73 @@ fn absolute_mountpoint(dir: &std::path::Path) -> anyhow::Result<std::path::PathB
     let parent = abs.parent().unwrap_or(std::path::Path::new("/"));
     let parent = std::fs::canonicalize(parent).with_context(|| format!("{}", parent.display()))?;
     Ok(parent.join(name))
+}
+
+/// `--sse` as given; the SSE-C key is read from the environment later.
+#[derive(Debug, Clone)]
+enum SseArg {
+    Aes256,
+    Kms(Option<String>),
+    Customer,
+}
+
+fn parse_sse(s: &str) -> Result<SseArg, String> {
+    match s.split_once(':') {
+        None if s.eq_ignore_ascii_case("aes256") => Ok(SseArg::Aes256),
+        None if s.eq_ignore_ascii_case("kms") => Ok(SseArg::Kms(None)),
+        Some((k, id)) if k.eq_ignore_ascii_case("kms") && !id.is_empty() => {
+            Ok(SseArg::Kms(Some(id.to_string())))
+        }
+        None if s.eq_ignore_ascii_case("c") => Ok(SseArg::Customer),
+        _ => Err(format!("{s:?}: expected aes256, kms, kms:KEY_ID or c")),
+    }
+}
+
+/// The encryption of `--sse`; SSE-C's key from BUCKETFS_SSE_C_KEY (base64 of 32 bytes).
+fn sse_of(a: &SseArg) -> anyhow::Result<bucketfs::s3::Sse> {
+    use base64::Engine;
+    Ok(match a {
+        SseArg::Aes256 => bucketfs::s3::Sse::Aes256,
+        SseArg::Kms(id) => bucketfs::s3::Sse::Kms { key_id: id.clone() },
+        SseArg::Customer => {
+            let b64 = std::env::var("BUCKETFS_SSE_C_KEY").map_err(|_| {
+                anyhow::anyhow!("--sse c needs the key in BUCKETFS_SSE_C_KEY (base64 of 32 bytes)")
+            })?;
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .ok_or_else(|| anyhow::anyhow!("BUCKETFS_SSE_C_KEY is not base64 of 32 bytes"))?;
+            bucketfs::s3::Sse::Customer { key }
+        }
+    })
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected NAME:VALUE"))?;
+    let k = k.trim();
+    let valid = !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid {
+        return Err(format!("{k:?} is not a header name"));
+    }
+    let lower = k.to_ascii_lowercase();
+    if matches!(
+        lower.as_str(),
+        "authorization" | "host" | "content-length" | "content-md5"
+    ) || lower.starts_with("x-amz-content-sha256")
+        || lower.starts_with("x-amz-date")
+        || lower.starts_with("x-amz-security-token")
+    {
+        return Err(format!("{k}: bucketfs sets this header itself"));
+    }
+    if v.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err(format!("{k}: a header value cannot hold a line break"));
+    }
+    Ok((lower, v.trim().to_string()))
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -230,6 +320,13 @@ fn mount(args: MountArgs, s3: &S3Args) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(bucketfs::upload::journal::default_state_dir),
         shutdown_grace: args.shutdown_grace,
+        object_defaults: bucketfs::s3::PutOptions {
+            storage_class: args.storage_class.clone(),
+            acl: args.acl.clone(),
+            extra_headers: args.headers.clone(),
+            ..Default::default()
+        },
+        sse: args.sse.as_ref().map(sse_of).transpose()?,
     };
     for spec in &args.options {
         m::apply_o_options(&mut o, spec).map_err(anyhow::Error::msg)?;
@@ -283,7 +380,9 @@ enum UploadsCmd {
 
 fn client(a: &S3Args) -> anyhow::Result<Client> {
     let cfg = S3Config::from_env(&ConfigOverrides {
-        endpoint_url: a.endpoint_url.clone(),
+        endpoint_url: (!a.endpoint_url.is_empty()).then(|| a.endpoint_url.join(",")),
+        virtual_hosted: a.virtual_hosted,
+        list_v1: a.list_type == 1,
         region: a.region.clone(),
         force_path_style: a.force_path_style,
         payload_signing: Some(match a.payload_signing {
@@ -367,6 +466,70 @@ async fn uploads(cmd: UploadsCmd, s3: &S3Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rewrites the command line of mount(8) helpers and fstab options:
+/// - invoked as `mount.bucketfs` or `mount.fuse.bucketfs` (a symlink), or
+///   as `bucketfs SOURCE DIR -o ...` (how mount.fuse3 runs a `fuse.bucketfs`
+///   type), it is `bucketfs mount SOURCE DIR -o ...`; mount(8)'s `-n`, `-s`,
+///   `-v` are ignored, and `-f` (fake) exits at once;
+/// - `-o` options that are not fstab's own become long options.
+fn normalize_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use std::ffi::OsString;
+    let Some(prog) = args.first().cloned() else {
+        return args;
+    };
+    let name = std::path::Path::new(&prog)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let helper = name.starts_with("mount.");
+    let first = args.get(1).map(|a| a.to_string_lossy().into_owned());
+    let subcommand = matches!(
+        first.as_deref(),
+        Some("mount" | "uploads" | "status" | "help") | None
+    ) || first.as_deref().is_some_and(|f| f.starts_with('-'));
+    let mut out = vec![prog];
+    let mut rest = args.into_iter().skip(1).peekable();
+    if helper || !subcommand {
+        out.push(OsString::from("mount"));
+    }
+    let mut is_mount = helper || !subcommand || first.as_deref() == Some("mount");
+    while let Some(a) = rest.next() {
+        let s = a.to_string_lossy().into_owned();
+        if helper && matches!(s.as_str(), "-n" | "-s" | "-v") {
+            continue;
+        }
+        if helper && s == "-f" {
+            std::process::exit(0);
+        }
+        if helper && s == "-t" {
+            rest.next();
+            continue;
+        }
+        if s == "mount" && out.len() == 1 {
+            is_mount = true;
+        }
+        let spec = if is_mount && s == "-o" {
+            rest.next().map(|v| v.to_string_lossy().into_owned())
+        } else if is_mount && s.starts_with("-o") && s.len() > 2 {
+            Some(s[2..].to_string())
+        } else {
+            None
+        };
+        match spec {
+            Some(spec) => {
+                let (keep, long) = bucketfs::mount::o_to_long_options(&spec);
+                if !keep.is_empty() {
+                    out.push(OsString::from("-o"));
+                    out.push(OsString::from(keep));
+                }
+                out.extend(long.into_iter().map(OsString::from));
+            }
+            None => out.push(a),
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     // Part buffers are allocated and freed by many threads (async workers,
     // the hashing pool); glibc's default of one arena per thread keeps
@@ -377,10 +540,10 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(normalize_args(std::env::args_os().collect()));
     if let Command::Mount(args) = cli.command {
         // No runtime yet: the mount forks first.
-        return match mount(args, &cli.s3) {
+        return match mount(*args, &cli.s3) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bucketfs: {e:#}");
@@ -421,6 +584,67 @@ fn main() -> ExitCode {
             // One line: the S3 error already names its code and message.
             eprintln!("bucketfs: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_args;
+
+    fn norm(args: &[&str]) -> Vec<String> {
+        normalize_args(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn mount_helpers_and_fstab_options_become_the_mount_command() {
+        let want = [
+            "/sbin/mount.fuse.bucketfs",
+            "mount",
+            "b/p",
+            "/mnt",
+            "-o",
+            "rw,nosuid,_netdev",
+            "--endpoint-url=http://h:1",
+            "--list-type=1",
+        ];
+        assert_eq!(
+            norm(&[
+                "/sbin/mount.fuse.bucketfs",
+                "b/p",
+                "/mnt",
+                "-n",
+                "-o",
+                "rw,nosuid,_netdev,endpoint_url=http://h:1,list_type=1",
+                "-t",
+                "fuse.bucketfs"
+            ]),
+            want
+        );
+        // mount.fuse3 runs the type's program by name: bucketfs SOURCE DIR -o ...
+        assert_eq!(
+            norm(&["bucketfs", "b", "/mnt", "-oro,storage_class=COLD"]),
+            [
+                "bucketfs",
+                "mount",
+                "b",
+                "/mnt",
+                "-o",
+                "ro",
+                "--storage-class=COLD"
+            ]
+        );
+        // The ordinary command lines are left alone.
+        for args in [
+            &["bucketfs", "mount", "b", "/mnt", "-o", "ro"][..],
+            &["bucketfs", "uploads", "list", "b"],
+            &["bucketfs", "--help"],
+            &["bucketfs", "status", "/mnt"],
+        ] {
+            assert_eq!(norm(args), args);
         }
     }
 }

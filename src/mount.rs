@@ -42,12 +42,71 @@ pub struct MountOptions {
     pub state_dir: PathBuf,
     /// How long a shutdown waits for closes in progress.
     pub shutdown_grace: Duration,
+    /// Storage class, ACL and vendor headers of every object written.
+    pub object_defaults: crate::s3::PutOptions,
+    /// Server-side encryption of every object written (and the key reads need).
+    pub sse: Option<crate::s3::Sse>,
 }
 
 /// How often uploads whose abort failed are tried again.
 const REAP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Applies comma-separated `-o` options as fstab and mount(8) pass them.
+/// Names `-o` takes itself; any other `-o name=value` is the long option
+/// `--name-with-dashes value` (see [`o_to_long_options`]).
+const O_NAMES: &[&str] = &[
+    "ro",
+    "rw",
+    "allow_other",
+    "allow_root",
+    "uid",
+    "gid",
+    "file_mode",
+    "dir_mode",
+    "foreground",
+    "memory_limit",
+    "state_dir",
+    "default_permissions",
+    "_netdev",
+    "nofail",
+    "noauto",
+    "auto",
+    "user",
+    "users",
+    "nouser",
+    "defaults",
+    "exec",
+    "noexec",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "atime",
+    "noatime",
+    "relatime",
+    "async",
+];
+
+/// Splits `-o` options into those [`apply_o_options`] takes and long
+/// options for the others (`endpoint_url=URL` becomes `--endpoint-url=URL`,
+/// `virtual_hosted` becomes `--virtual-hosted`), so fstab can give any flag.
+pub fn o_to_long_options(spec: &str) -> (String, Vec<String>) {
+    let mut keep = Vec::new();
+    let mut long = Vec::new();
+    for opt in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let name = opt.split_once('=').map_or(opt, |(n, _)| n);
+        if O_NAMES.contains(&name) || name.starts_with("x-") || name.starts_with("comment") {
+            keep.push(opt.to_string());
+        } else {
+            long.push(format!(
+                "--{}",
+                opt.replacen('_', "-", name.matches('_').count())
+            ));
+        }
+    }
+    (keep.join(","), long)
+}
+
 pub fn apply_o_options(o: &mut MountOptions, spec: &str) -> Result<(), String> {
     for opt in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, value) = match opt.split_once('=') {
@@ -312,7 +371,8 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
         let store: Arc<dyn ObjectStore> = Arc::new(BucketClient {
             client: client.clone(),
             bucket: o.bucket.clone(),
-            sse: None,
+            sse: o.sse.clone(),
+            defaults: o.object_defaults.clone(),
         });
         let info = MountInfo {
             bucket: o.bucket.clone(),
@@ -523,6 +583,8 @@ mod tests {
             max_readahead: 64 << 20,
             state_dir: "/tmp/state".into(),
             shutdown_grace: Duration::from_secs(30),
+            object_defaults: Default::default(),
+            sse: None,
         }
     }
 
@@ -532,6 +594,19 @@ mod tests {
         apply_o_options(&mut o, "ro,allow_other,uid=1000,gid=100,file_mode=0600,dir_mode=700,_netdev,nofail,x-systemd.automount,state_dir=/run/bfs").unwrap();
         assert!(o.read_only && o.allow_other);
         assert_eq!(o.state_dir, PathBuf::from("/run/bfs"));
+        let (keep, long) = o_to_long_options(
+            "rw,nosuid,endpoint_url=http://a:1,storage_class=COLD,virtual_hosted,header=x-kss-acl:private,x-systemd.automount",
+        );
+        assert_eq!(keep, "rw,nosuid,x-systemd.automount");
+        assert_eq!(
+            long,
+            [
+                "--endpoint-url=http://a:1",
+                "--storage-class=COLD",
+                "--virtual-hosted",
+                "--header=x-kss-acl:private"
+            ]
+        );
         assert_eq!(
             (o.uid, o.gid, o.file_mode, o.dir_mode),
             (1000, 100, 0o600, 0o700)

@@ -40,11 +40,7 @@ async fn a_directory_of_2500_keys_costs_3_lists_and_metadata_is_read_once() {
     let c = client();
     let b = fresh_bucket(&c).await;
     put_many(&c, &b, "big/", 2500, b"xy").await;
-    let store = Arc::new(BucketClient {
-        client: c.clone(),
-        bucket: b.clone(),
-        sse: None,
-    });
+    let store = Arc::new(BucketClient::new(c.clone(), b.clone()));
     let fs = Fs::new(store, fs_config());
     let dir = fs.lookup(fs.root(), OsStr::new("big")).await.unwrap();
 
@@ -102,11 +98,7 @@ async fn ls_l_heads_each_file_once_reading_ahead() {
     let c = client();
     let b = fresh_bucket(&c).await;
     put_many(&c, &b, "d/", 200, b"abc").await;
-    let store = Arc::new(BucketClient {
-        client: c.clone(),
-        bucket: b.clone(),
-        sse: None,
-    });
+    let store = Arc::new(BucketClient::new(c.clone(), b.clone()));
     let fs = Fs::new(store, fs_config());
     let dir = fs.lookup(fs.root(), OsStr::new("d")).await.unwrap();
     let fh = fs.opendir(dir.ino).await.unwrap();
@@ -134,11 +126,7 @@ async fn ls_l_heads_each_file_once_reading_ahead() {
 async fn a_small_file_costs_one_put() {
     let c = client();
     let b = fresh_bucket(&c).await;
-    let store = Arc::new(BucketClient {
-        client: c.clone(),
-        bucket: b.clone(),
-        sse: None,
-    });
+    let store = Arc::new(BucketClient::new(c.clone(), b.clone()));
     let fs = Fs::new(store, fs_config());
     let before: Vec<u64> = [Op::PutObject, Op::CreateMultipartUpload, Op::UploadPart]
         .iter()
@@ -168,11 +156,7 @@ async fn a_small_file_costs_one_put() {
 async fn creating_files_in_a_new_directory_costs_no_lookups() {
     let c = client();
     let b = fresh_bucket(&c).await;
-    let store = Arc::new(BucketClient {
-        client: c.clone(),
-        bucket: b.clone(),
-        sse: None,
-    });
+    let store = Arc::new(BucketClient::new(c.clone(), b.clone()));
     let fs = Fs::new(store, fs_config());
     let dir = fs.mkdir(fs.root(), OsStr::new("new"), 0o755).await.unwrap();
     let (heads, lists, puts) = (

@@ -194,6 +194,31 @@ const DIR_CONTENT_TYPE: &str = "application/x-directory";
 /// or another change in that time is folded into the same request).
 pub const ATTR_DELAY: Duration = Duration::from_secs(1);
 
+/// The Content-Type a file name suggests (`a.html`: `text/html`), if any.
+pub fn content_type_of(name: &str) -> Option<String> {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    mime_guess::from_path(base).first_raw().map(str::to_string)
+}
+
+/// The Content-Type an object renamed from `old` to `new` should carry:
+/// when the stored one was generic or came from the old name (rsync's temp
+/// names have none), the new name's; a type set some other way stays.
+/// None: keep what is stored.
+pub fn content_type_after_rename(stored: Option<&str>, old: &str, new: &str) -> Option<String> {
+    let from_new = content_type_of(new)?;
+    let from_old = content_type_of(old);
+    let generic = match stored {
+        None => true,
+        Some(t) => {
+            let t = t.split(';').next().unwrap_or(t).trim();
+            t.eq_ignore_ascii_case("application/octet-stream")
+                || t.eq_ignore_ascii_case("binary/octet-stream")
+                || from_old.as_deref() == Some(t)
+        }
+    };
+    (generic && stored != Some(from_new.as_str())).then_some(from_new)
+}
+
 /// The attributes of an inode that go into the object's metadata.
 fn posix_of(i: &Inode) -> PosixMeta {
     PosixMeta {
@@ -1223,7 +1248,10 @@ impl Fs {
 
     /// A new upload of `key` for inode `ino`, created with its attributes.
     fn new_upload(&self, key: String, ino: u64) -> Upload {
-        let mut opts = PutOptions::default();
+        let mut opts = PutOptions {
+            content_type: content_type_of(&key),
+            ..PutOptions::default()
+        };
         if let Some(i) = self.table().get(ino) {
             posix_of(i).write(&mut opts.metadata, libc::S_IFREG);
         }
@@ -2008,14 +2036,33 @@ impl Fs {
         let copied = async {
             if src.size > crate::upload::MAX_COPY_OBJECT {
                 // Over CopyObject's limit: UploadPartCopy ranges, a few at a time.
-                let opts = self.replace_options(&src).await?;
+                let mut opts = self.replace_options(&src).await?;
+                if let Some(t) =
+                    content_type_after_rename(opts.content_type.as_deref(), name, newname)
+                {
+                    opts.content_type = Some(t);
+                }
                 let etag = self
                     .copy_large(&src.key, &dst_key, src.size, opts.clone())
                     .await?;
                 return Ok((etag, MetadataDirective::Replace(opts)));
             }
-            let directive = if pending {
-                MetadataDirective::Replace(self.replace_options(&src).await?)
+            // The Content-Type follows the name when it came from the name
+            // (a REPLACE copy; known metadata is carried over).
+            let stored_type = match &src.stored {
+                Some(m) => m.content_type.clone(),
+                None if content_type_of(newname).is_some() => {
+                    self.store.head_object(&src.key).await?.content_type
+                }
+                None => None,
+            };
+            let new_type = content_type_after_rename(stored_type.as_deref(), name, newname);
+            let directive = if pending || new_type.is_some() {
+                let mut o = self.replace_options(&src).await?;
+                if new_type.is_some() {
+                    o.content_type = new_type;
+                }
+                MetadataDirective::Replace(o)
             } else {
                 MetadataDirective::Copy
             };

@@ -155,3 +155,41 @@ async fn the_inode_table_forgets_and_stays_bounded() {
     fs.forget(d2.ino, 1);
     assert!(fs.lookup(root, OsStr::new("d2")).await.is_ok());
 }
+
+#[test]
+fn content_types_follow_names() {
+    assert_eq!(content_type_of("d/a.html").as_deref(), Some("text/html"));
+    assert_eq!(
+        content_type_of("x.tar.gz").as_deref(),
+        Some("application/gzip")
+    );
+    assert_eq!(content_type_of("noext"), None);
+    // rsync: .a.html.Xy12Zq (no type) becomes a.html
+    assert_eq!(
+        content_type_after_rename(Some("application/octet-stream"), ".a.html.Xy12Zq", "a.html")
+            .as_deref(),
+        Some("text/html")
+    );
+    assert_eq!(
+        content_type_after_rename(None, "t.tmp", "a.css").as_deref(),
+        Some("text/css")
+    );
+    // a.html -> a.htm keeps; a.txt -> a.html follows the name.
+    assert_eq!(
+        content_type_after_rename(Some("text/html"), "a.html", "a.htm"),
+        None
+    );
+    assert_eq!(
+        content_type_after_rename(Some("text/plain"), "a.txt", "a.html").as_deref(),
+        Some("text/html")
+    );
+    // A type set by someone else stays; a name without a type changes nothing.
+    assert_eq!(
+        content_type_after_rename(Some("video/x-custom"), "a.bin", "a.html"),
+        None
+    );
+    assert_eq!(
+        content_type_after_rename(Some("text/html"), "a.html", "a.bak"),
+        None
+    );
+}

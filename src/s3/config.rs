@@ -5,7 +5,7 @@ use super::error::S3Error;
 use super::sigv4::Credentials;
 use reqwest::Url;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How request bodies are covered by the signature.
@@ -22,10 +22,18 @@ pub enum PayloadSigning {
 #[derive(Debug, Clone)]
 pub struct S3Config {
     pub endpoint: Url,
+    /// More endpoints of the same service (every node of a cluster): after
+    /// a failed connection or a 5xx, requests go to the next one.
+    pub extra_endpoints: Vec<Url>,
     pub region: String,
     /// Bucket in the path (`http://host/bucket/key`) instead of in the host name.
     pub path_style: bool,
     pub credentials: Credentials,
+    /// Where the credentials came from when it was the shared credentials
+    /// file (path, profile): it is re-read when it changes.
+    pub credentials_file: Option<(PathBuf, String)>,
+    /// ListObjects V1 (marker) instead of V2, for servers without V2.
+    pub list_v1: bool,
     /// Extra PEM roots (`AWS_CA_BUNDLE`), added to the system's.
     pub ca_bundle: Option<PathBuf>,
     pub payload_signing: PayloadSigning,
@@ -49,6 +57,9 @@ pub struct ConfigOverrides {
     pub endpoint_url: Option<String>,
     pub region: Option<String>,
     pub force_path_style: bool,
+    /// Bucket in the host name even where path style would be automatic.
+    pub virtual_hosted: bool,
+    pub list_v1: bool,
     pub payload_signing: Option<PayloadSigning>,
     pub request_timeout: Option<Duration>,
     pub min_transfer_rate: Option<u64>,
@@ -75,13 +86,32 @@ impl S3Config {
             .or_else(|| env("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env("AWS_ENDPOINT_URL"))
             .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-        let endpoint = parse_endpoint(&endpoint)?;
-        let path_style = o.force_path_style || host_needs_path_style(&endpoint);
+        let mut endpoints = endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(parse_endpoint)
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(S3Error::Config("empty endpoint list".into()));
+        }
+        let endpoint = endpoints.remove(0);
+        let path_style = if o.force_path_style {
+            true
+        } else if o.virtual_hosted {
+            false
+        } else {
+            host_needs_path_style(&endpoint)
+        };
+        let (credentials, credentials_file) = load_credentials_with_source()?;
         Ok(S3Config {
             endpoint,
+            extra_endpoints: endpoints,
             region,
             path_style,
-            credentials: load_credentials()?,
+            credentials,
+            credentials_file,
+            list_v1: o.list_v1,
             ca_bundle: env("AWS_CA_BUNDLE").map(PathBuf::from),
             payload_signing: o.payload_signing.unwrap_or(PayloadSigning::UnsignedWithMd5),
             max_attempts: o.max_attempts.unwrap_or(5).max(1),
@@ -125,16 +155,25 @@ pub fn host_needs_path_style(endpoint: &Url) -> bool {
 /// else from the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE` or
 /// `~/.aws/credentials`, profile `AWS_PROFILE` or `default`).
 pub fn load_credentials() -> Result<Credentials, S3Error> {
+    load_credentials_with_source().map(|(c, _)| c)
+}
+
+/// Credentials as [`load_credentials`], and the file and profile they came
+/// from when it was the credentials file.
+pub fn load_credentials_with_source() -> Result<(Credentials, Option<(PathBuf, String)>), S3Error> {
     if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-        return Ok(Credentials {
-            access_key_id: id,
-            secret_access_key: secret,
-            session_token: env("AWS_SESSION_TOKEN"),
-        });
+        return Ok((
+            Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: env("AWS_SESSION_TOKEN"),
+            },
+            None,
+        ));
     }
     let path = env("AWS_SHARED_CREDENTIALS_FILE")
         .map(PathBuf::from)
-        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".aws").join("credentials")));
+        .or_else(|| home_dir().map(|h| h.join(".aws").join("credentials")));
     let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
     let Some(path) = path else {
         return Err(S3Error::Config(
@@ -147,12 +186,41 @@ pub fn load_credentials() -> Result<Credentials, S3Error> {
             path.display()
         ))
     })?;
-    parse_credentials_file(&text, &profile).ok_or_else(|| {
+    let c = parse_credentials_file(&text, &profile).ok_or_else(|| {
         S3Error::Config(format!(
             "no credentials for profile [{profile}] in {}",
             path.display()
         ))
-    })
+    })?;
+    Ok((c, Some((path, profile))))
+}
+
+/// `$HOME`, else the user's home from the password database (mount(8)
+/// runs its helpers without HOME).
+fn home_dir() -> Option<PathBuf> {
+    if let Some(h) = env("HOME") {
+        return Some(PathBuf::from(h));
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: getpwuid_r writes into pw and buf, both ours and large enough
+    // (ERANGE otherwise, which we treat as "no home").
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            libc::getuid(),
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut out,
+        );
+        if rc != 0 || out.is_null() || pw.pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr(pw.pw_dir);
+        use std::os::unix::ffi::OsStrExt;
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+    }
 }
 
 /// Reads one profile of an INI-style AWS credentials file.

@@ -50,6 +50,10 @@ pub enum S3Error {
     /// Bad configuration (endpoint, credentials, CA bundle).
     #[error("configuration error: {0}")]
     Config(String),
+    /// The bucket lives in another region than the one we signed for; the
+    /// server named it (AuthorizationHeaderMalformed, PermanentRedirect).
+    #[error("the bucket is in region {region:?}: {detail}")]
+    WrongRegion { region: String, detail: String },
     /// A local failure around a request (the crash journal could not be written).
     #[error("{0}")]
     Local(String),

@@ -3,7 +3,7 @@
 
 use super::config::{PayloadSigning, S3Config};
 use super::error::{Retry, S3Error, TransportKind};
-use super::sigv4::{self, SigningParams, SigningRequest};
+use super::sigv4::{self, Credentials, SigningParams, SigningRequest};
 use super::types::*;
 use super::xml;
 use base64::Engine;
@@ -12,8 +12,8 @@ use md5::{Digest, Md5};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Upper bound on one error body we read (S3 error documents are tiny).
@@ -70,6 +70,88 @@ pub struct Client {
     http: reqwest::Client,
     cfg: Arc<S3Config>,
     counters: Arc<Counters>,
+    live: Arc<Live>,
+}
+
+/// What a client learns while it runs, shared by its clones.
+struct Live {
+    /// Every endpoint of the service; `current` indexes the one in use.
+    endpoints: RwLock<Vec<Url>>,
+    current: AtomicUsize,
+    /// Signing region, corrected once from the server's answer.
+    region: RwLock<String>,
+    region_fixed: AtomicBool,
+    creds: CredentialCell,
+}
+
+/// How often a credentials file is checked for changes.
+const CREDENTIALS_CHECK: Duration = Duration::from_secs(1);
+
+/// Credentials that follow their file: rotated temporary credentials are
+/// picked up when the file changes (checked at most once a second).
+struct CredentialCell {
+    current: RwLock<Credentials>,
+    file: Option<(std::path::PathBuf, String)>,
+    /// (last check, the file's mtime then)
+    seen: std::sync::Mutex<(Instant, Option<SystemTime>)>,
+}
+
+impl CredentialCell {
+    fn new(c: Credentials, file: Option<(std::path::PathBuf, String)>) -> Self {
+        let mtime = file
+            .as_ref()
+            .and_then(|(p, _)| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        CredentialCell {
+            current: RwLock::new(c),
+            file,
+            seen: std::sync::Mutex::new((Instant::now(), mtime)),
+        }
+    }
+
+    fn get(&self) -> Credentials {
+        if let Some((path, profile)) = &self.file {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.0.elapsed() >= CREDENTIALS_CHECK {
+                seen.0 = Instant::now();
+                let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                if mtime != seen.1 {
+                    seen.1 = mtime;
+                    drop(seen);
+                    self.reload(path, profile);
+                }
+            }
+        }
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the file again; true when the credentials changed.
+    fn reload(&self, path: &std::path::Path, profile: &str) -> bool {
+        let fresh = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| super::config::parse_credentials_file(&t, profile));
+        let Some(fresh) = fresh else {
+            tracing::warn!(file = %path.display(), profile, "credentials file changed but holds no usable credentials; keeping the old ones");
+            return false;
+        };
+        let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if *cur == fresh {
+            return false;
+        }
+        *cur = fresh;
+        tracing::info!(file = %path.display(), profile, "credentials re-read");
+        true
+    }
+
+    /// After an expired-token answer: read the file now.
+    fn refresh_now(&self) -> bool {
+        match &self.file {
+            Some((path, profile)) => self.reload(path, profile),
+            None => false,
+        }
+    }
 }
 
 /// What the server answered, read whole.
@@ -188,6 +270,13 @@ pub fn bare_etag(etag: &str) -> String {
     etag.trim().trim_matches('"').to_ascii_lowercase()
 }
 
+/// Whether the server says it stored the object encrypted (a bucket's
+/// default encryption too): vendors differ on whether the ETag is then the MD5.
+fn answer_says_encrypted(h: &HeaderMap) -> bool {
+    h.contains_key("x-amz-server-side-encryption")
+        || h.contains_key("x-amz-server-side-encryption-customer-algorithm")
+}
+
 fn check_md5_etag(
     what: impl Fn() -> String,
     etag: &str,
@@ -284,10 +373,20 @@ impl Client {
         let http = b
             .build()
             .map_err(|e| S3Error::Config(format!("HTTP client: {e}")))?;
+        let mut endpoints = vec![cfg.endpoint.clone()];
+        endpoints.extend(cfg.extra_endpoints.iter().cloned());
+        let live = Live {
+            endpoints: RwLock::new(endpoints),
+            current: AtomicUsize::new(0),
+            region: RwLock::new(cfg.region.clone()),
+            region_fixed: AtomicBool::new(false),
+            creds: CredentialCell::new(cfg.credentials.clone(), cfg.credentials_file.clone()),
+        };
         Ok(Client {
             http,
             cfg: Arc::new(cfg),
             counters: Arc::new(Counters::default()),
+            live: Arc::new(live),
         })
     }
 
@@ -301,11 +400,113 @@ impl Client {
         &self.counters
     }
 
-    /// Host header value and encoded path for a bucket and optional key.
-    /// Refuses keys the URL layer would rewrite (dot segments), which would
-    /// silently address another object.
+    /// [`Self::target_at`] of the endpoint in use.
+    #[cfg(test)]
     fn target(&self, bucket: &str, key: Option<&str>) -> Result<(Url, String), S3Error> {
-        let ep = &self.cfg.endpoint;
+        self.target_at(self.endpoint_index(), bucket, key)
+    }
+
+    fn endpoint_index(&self) -> usize {
+        self.live.current.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint requests go to now.
+    pub fn endpoint(&self) -> Url {
+        let eps = self
+            .live
+            .endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        eps[self.endpoint_index() % eps.len()].clone()
+    }
+
+    /// The region requests are signed for now.
+    pub fn region(&self) -> String {
+        self.live
+            .region
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a failure at endpoint `idx`: the next request goes to the next
+    /// endpoint (unless another request moved on already).
+    fn fail_over(&self, idx: usize, err: &S3Error) {
+        let n = self
+            .live
+            .endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        if n < 2 {
+            return;
+        }
+        let next = (idx + 1) % n;
+        if self
+            .live
+            .current
+            .compare_exchange(idx, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            let eps = self
+                .live
+                .endpoints
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            tracing::warn!(from = %eps[idx], to = %eps[next], error = %err, "endpoint failed; failing over");
+        }
+    }
+
+    /// Takes the region the server named, once: signs for it from now on
+    /// and, on AWS's regional endpoints, talks to that region's endpoint.
+    fn fix_region(&self, region: &str) -> bool {
+        if region.is_empty()
+            || !region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || self.live.region_fixed.swap(true, Ordering::Relaxed)
+        {
+            return false;
+        }
+        let old = std::mem::replace(
+            &mut *self.live.region.write().unwrap_or_else(|e| e.into_inner()),
+            region.to_string(),
+        );
+        if old == region {
+            return false;
+        }
+        let mut eps = self
+            .live
+            .endpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        for ep in eps.iter_mut() {
+            if ep.host_str() == Some(&format!("s3.{old}.amazonaws.com")) {
+                let _ = ep.set_host(Some(&format!("s3.{region}.amazonaws.com")));
+            }
+        }
+        tracing::warn!(from = %old, to = %region, "the server says the bucket is in another region; using it (give --region to skip this)");
+        true
+    }
+
+    /// URL and Host header value for a bucket and optional key at endpoint
+    /// `idx`. Refuses keys the URL layer would rewrite (dot segments), which
+    /// would silently address another object.
+    fn target_at(
+        &self,
+        idx: usize,
+        bucket: &str,
+        key: Option<&str>,
+    ) -> Result<(Url, String), S3Error> {
+        let ep = {
+            let eps = self
+                .live
+                .endpoints
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            eps[idx % eps.len()].clone()
+        };
+        let ep = &ep;
         let host = ep.host_str().unwrap_or_default();
         let authority_host = if self.cfg.path_style {
             host.to_string()
@@ -347,12 +548,7 @@ impl Client {
     /// Sends a request, retrying transient failures with exponential backoff
     /// and full jitter, bounded in attempts and total time.
     async fn send(&self, r: &Request<'_>) -> Result<Answer, S3Error> {
-        let (mut url, host) = self.target(r.bucket, r.key)?;
-        let path = url.path().to_string();
         let query = sigv4::canonical_query_string(&r.query);
-        if !query.is_empty() {
-            url.set_query(Some(&query));
-        }
         let payload_hash = match (r.md5, self.cfg.payload_signing) {
             (Some(_), PayloadSigning::UnsignedWithMd5) => sigv4::UNSIGNED_PAYLOAD.to_string(),
             _ if r.body.is_empty() => sigv4::EMPTY_SHA256.to_string(),
@@ -368,8 +564,15 @@ impl Client {
         }
         let started = Instant::now();
         let mut attempt = 0u32;
+        let mut refreshed = false;
         loop {
             attempt += 1;
+            let idx = self.endpoint_index();
+            let (mut url, host) = self.target_at(idx, r.bucket, r.key)?;
+            let path = url.path().to_string();
+            if !query.is_empty() {
+                url.set_query(Some(&query));
+            }
             let result = self
                 .attempt(r, &url, &host, &path, &headers, &payload_hash)
                 .await;
@@ -377,6 +580,32 @@ impl Client {
                 Ok(a) => return Ok(a),
                 Err(e) => e,
             };
+            // Answers that a changed setting fixes: sent again at once.
+            if let S3Error::WrongRegion { region, .. } = &err {
+                if self.fix_region(region) {
+                    attempt -= 1;
+                    continue;
+                }
+            }
+            if !refreshed
+                && matches!(
+                    err.code(),
+                    Some(
+                        "ExpiredToken"
+                            | "InvalidToken"
+                            | "TokenRefreshRequired"
+                            | "InvalidAccessKeyId"
+                    )
+                )
+                && self.live.creds.refresh_now()
+            {
+                refreshed = true;
+                attempt -= 1;
+                continue;
+            }
+            if matches!(err, S3Error::Transport { .. }) || err.status().is_some_and(|s| s >= 500) {
+                self.fail_over(idx, &err);
+            }
             let may_retry = err.retry() == Retry::Yes
                 && (r.idempotent || err.never_sent() || matches!(err, S3Error::Service { .. }));
             if !may_retry
@@ -406,6 +635,8 @@ impl Client {
         payload_hash: &str,
     ) -> Result<Answer, S3Error> {
         self.counters.requests[r.op as usize].fetch_add(1, Ordering::Relaxed);
+        let creds = self.live.creds.get();
+        let region = self.region();
         let mut signed: Vec<(String, String)> = Vec::with_capacity(headers.len() + 1);
         signed.push(("host".into(), host.to_string()));
         signed.extend(headers.iter().cloned());
@@ -418,8 +649,8 @@ impl Client {
                 payload_hash,
             },
             &SigningParams {
-                credentials: &self.cfg.credentials,
-                region: &self.cfg.region,
+                credentials: &creds,
+                region: &region,
                 service: "s3",
                 time: SystemTime::now(),
                 path_mode: sigv4::PathMode::S3,
@@ -454,7 +685,25 @@ impl Client {
             read_capped(resp, MAX_ERROR_BODY).await
         };
         if !ok {
-            return Err(match xml::parse_error(&body) {
+            let parsed = xml::parse_error(&body);
+            let named = header_str(&headers, "x-amz-bucket-region")
+                .or_else(|| parsed.as_ref().and_then(|e| e.region.clone()));
+            let code = parsed.as_ref().map(|e| e.code.as_str()).unwrap_or_default();
+            if let Some(region) = named.filter(|_| {
+                status == 301
+                    || matches!(
+                        code,
+                        "AuthorizationHeaderMalformed"
+                            | "PermanentRedirect"
+                            | "IllegalLocationConstraintException"
+                    )
+            }) {
+                return Err(S3Error::WrongRegion {
+                    region,
+                    detail: format!("{code} (HTTP {status})"),
+                });
+            }
+            return Err(match parsed {
                 Some(e) => S3Error::Service {
                     status,
                     code: e.code,
@@ -503,7 +752,7 @@ impl Client {
         }
         S3Error::Transport {
             kind,
-            endpoint: self.cfg.endpoint.to_string(),
+            endpoint: self.endpoint().to_string(),
             detail,
         }
     }
@@ -519,7 +768,17 @@ impl Client {
     /// HeadBucket: does the bucket exist and may we use it.
     pub async fn head_bucket(&self, bucket: &str) -> Result<(), S3Error> {
         let r = Request::new(Op::Bucket, Method::HEAD, bucket, None);
-        self.send(&r).await.map(|_| ())
+        match self.send(&r).await {
+            Ok(_) => Ok(()),
+            // A HEAD answer has no body to name the right region, and not
+            // every server sends x-amz-bucket-region: a one-key listing
+            // asks again with a body (and corrects the region if need be).
+            Err(e) if e.status() == Some(400) => self
+                .list_objects_page(bucket, "", None, None, Some(1))
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        }
     }
 
     // ---- objects ----
@@ -542,11 +801,16 @@ impl Client {
         .body(body, Some(md5));
         let a = self.send(&r).await?;
         let etag = header_str(&a.headers, "etag").unwrap_or_default();
+        let kms = Sse::Kms { key_id: None };
         check_md5_etag(
             || format!("PutObject {key:?}"),
             &etag,
             &md5,
-            opts.sse.as_ref(),
+            if answer_says_encrypted(&a.headers) && bare_etag(&etag) != hex(&md5) {
+                Some(&kms)
+            } else {
+                opts.sse.as_ref()
+            },
         )?;
         Ok(etag)
     }
@@ -600,7 +864,19 @@ impl Client {
 
     /// HeadObject with user metadata (`x-amz-meta-*`).
     pub async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectHead, S3Error> {
+        self.head_object_with(bucket, key, None).await
+    }
+
+    /// HeadObject of an object that may be encrypted with a customer key
+    /// (SSE-C needs the key to answer).
+    pub async fn head_object_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        sse: Option<&Sse>,
+    ) -> Result<ObjectHead, S3Error> {
         let r = Request::new(Op::HeadObject, Method::HEAD, bucket, Some(key));
+        let r = sse_headers(r, sse.filter(|s| matches!(s, Sse::Customer { .. })), false);
         let a = self.send(&r).await?;
         let h = &a.headers;
         let size = header_str(h, "content-length")
@@ -640,13 +916,35 @@ impl Client {
         key: &str,
         directive: &MetadataDirective,
     ) -> Result<String, S3Error> {
+        let sse = match directive {
+            MetadataDirective::Replace(o) => o.sse.as_ref(),
+            MetadataDirective::Copy => None,
+        };
+        self.copy_object_with(src_bucket, src_key, bucket, key, directive, sse)
+            .await
+    }
+
+    /// CopyObject where source and copy are encrypted with `sse` (SSE-C
+    /// sends the key for both; SSE-S3/KMS ask for the copy to be encrypted).
+    pub async fn copy_object_with(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        bucket: &str,
+        key: &str,
+        directive: &MetadataDirective,
+        sse: Option<&Sse>,
+    ) -> Result<String, S3Error> {
         let mut r = Request::new(Op::CopyObject, Method::PUT, bucket, Some(key))
             .header("x-amz-copy-source", copy_source(src_bucket, src_key));
+        r = sse_headers(r, sse, true);
         r = match directive {
-            MetadataDirective::Copy => r.header("x-amz-metadata-directive", "COPY"),
+            MetadataDirective::Copy => {
+                let r = r.header("x-amz-metadata-directive", "COPY");
+                sse_headers(r, sse, false)
+            }
             MetadataDirective::Replace(o) => {
                 let r = r.header("x-amz-metadata-directive", "REPLACE");
-                let r = sse_headers(r, o.sse.as_ref(), true);
                 put_headers(r, o)
             }
         };
@@ -665,21 +963,29 @@ impl Client {
         token: Option<&str>,
         max_keys: Option<u32>,
     ) -> Result<ListPage, S3Error> {
+        let v1 = self.cfg.list_v1;
         let mut r = Request::new(Op::ListObjects, Method::GET, bucket, None)
-            .query("list-type", "2")
             .query("encoding-type", "url")
             .query("prefix", prefix);
+        if !v1 {
+            r = r.query("list-type", "2");
+        }
         if let Some(d) = delimiter {
             r = r.query("delimiter", d);
         }
         if let Some(t) = token {
-            r = r.query("continuation-token", t);
+            // V1 pages by the last key seen (our token is that key).
+            r = r.query(if v1 { "marker" } else { "continuation-token" }, t);
         }
         if let Some(m) = max_keys {
             r = r.query("max-keys", m.to_string());
         }
         let a = self.send(&r).await?;
-        xml::parse_list_objects(&a.body)
+        if v1 {
+            xml::parse_list_objects_v1(&a.body)
+        } else {
+            xml::parse_list_objects(&a.body)
+        }
     }
 
     /// Every page of a listing. A server that repeats a token is an error, not a loop.
@@ -752,11 +1058,16 @@ impl Client {
         let r = sse_headers(r, sse.filter(|s| matches!(s, Sse::Customer { .. })), false);
         let a = self.send(&r).await?;
         let etag = header_str(&a.headers, "etag").unwrap_or_default();
+        let kms = Sse::Kms { key_id: None };
         check_md5_etag(
             || format!("UploadPart {key:?} part {part_number}"),
             &etag,
             &md5,
-            sse,
+            if answer_says_encrypted(&a.headers) && bare_etag(&etag) != hex(&md5) {
+                Some(&kms)
+            } else {
+                sse
+            },
         )?;
         Ok(etag)
     }
@@ -773,6 +1084,33 @@ impl Client {
         src_key: &str,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<String, S3Error> {
+        self.upload_part_copy_with(
+            bucket,
+            key,
+            upload_id,
+            part_number,
+            src_bucket,
+            src_key,
+            range,
+            None,
+        )
+        .await
+    }
+
+    /// UploadPartCopy where source and upload are encrypted with a customer key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_part_copy_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        src_bucket: &str,
+        src_key: &str,
+        range: Option<std::ops::Range<u64>>,
+        sse: Option<&Sse>,
+    ) -> Result<String, S3Error> {
+        let customer = sse.filter(|s| matches!(s, Sse::Customer { .. }));
         let mut r = Request::new(Op::UploadPartCopy, Method::PUT, bucket, Some(key))
             .query("partNumber", part_number.to_string())
             .query("uploadId", upload_id)
@@ -786,6 +1124,7 @@ impl Client {
                 format!("bytes={}-{}", range.start, range.end - 1),
             );
         }
+        r = sse_headers(sse_headers(r, customer, true), customer, false);
         r.error_in_200 = true;
         r.timeout = Deadline::Fixed(SERVER_WORK_TIMEOUT);
         let a = self.send(&r).await?;
@@ -967,6 +1306,9 @@ mod tests {
             },
             ca_bundle: None,
             payload_signing: PayloadSigning::UnsignedWithMd5,
+            extra_endpoints: Vec::new(),
+            credentials_file: None,
+            list_v1: false,
             max_attempts: 1,
             request_timeout: crate::s3::config::REQUEST_TIMEOUT,
             min_transfer_rate: crate::s3::config::MIN_TRANSFER_RATE,

@@ -91,6 +91,11 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &'a str,
         directive: &'a MetadataDirective,
     ) -> StoreFuture<'a, String>;
+    /// Whether the ETags of parts and single PUTs are MD5s of the bytes (not
+    /// under SSE-KMS or SSE-C): only then can a completed object be checked.
+    fn etags_are_md5(&self) -> bool {
+        true
+    }
 }
 
 /// A [`Client`] bound to one bucket.
@@ -98,8 +103,53 @@ pub trait ObjectStore: Send + Sync + 'static {
 pub struct BucketClient {
     pub client: Client,
     pub bucket: String,
-    /// Encryption that must accompany reads and part uploads (SSE-C).
+    /// Encryption of every object written, and the key reads need (SSE-C).
     pub sse: Option<Sse>,
+    /// What every object this mount writes gets unless the caller says
+    /// otherwise: storage class, ACL, vendor headers.
+    pub defaults: PutOptions,
+}
+
+impl BucketClient {
+    /// A client for `bucket` with no encryption and no defaults.
+    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        BucketClient {
+            client,
+            bucket: bucket.into(),
+            sse: None,
+            defaults: PutOptions::default(),
+        }
+    }
+
+    /// `o` with the mount's defaults filled in (storage class, ACL, vendor
+    /// headers, encryption).
+    fn with_defaults(&self, o: &PutOptions) -> PutOptions {
+        let mut m = o.clone();
+        if m.storage_class.is_none() {
+            m.storage_class = self.defaults.storage_class.clone();
+        }
+        if m.acl.is_none() {
+            m.acl = self.defaults.acl.clone();
+        }
+        if m.sse.is_none() {
+            m.sse = self.sse.clone();
+        }
+        let mut headers = self.defaults.extra_headers.clone();
+        headers.retain(|(k, _)| {
+            !o.extra_headers
+                .iter()
+                .any(|(ok, _)| ok.eq_ignore_ascii_case(k))
+        });
+        headers.extend(o.extra_headers.iter().cloned());
+        m.extra_headers = headers;
+        m
+    }
+
+    fn customer_key(&self) -> Option<&Sse> {
+        self.sse
+            .as_ref()
+            .filter(|s| matches!(s, Sse::Customer { .. }))
+    }
 }
 
 impl ObjectStore for BucketClient {
@@ -110,14 +160,24 @@ impl ObjectStore for BucketClient {
         md5: Option<[u8; 16]>,
         opts: &'a PutOptions,
     ) -> StoreFuture<'a, String> {
-        Box::pin(self.client.put_object(&self.bucket, key, body, md5, opts))
+        Box::pin(async move {
+            let o = self.with_defaults(opts);
+            self.client
+                .put_object(&self.bucket, key, body, md5, &o)
+                .await
+        })
     }
     fn create_multipart_upload<'a>(
         &'a self,
         key: &'a str,
         opts: &'a PutOptions,
     ) -> StoreFuture<'a, String> {
-        Box::pin(self.client.create_multipart_upload(&self.bucket, key, opts))
+        Box::pin(async move {
+            let o = self.with_defaults(opts);
+            self.client
+                .create_multipart_upload(&self.bucket, key, &o)
+                .await
+        })
     }
     fn upload_part<'a>(
         &'a self,
@@ -145,7 +205,7 @@ impl ObjectStore for BucketClient {
         src_key: &'a str,
         range: Range<u64>,
     ) -> StoreFuture<'a, String> {
-        Box::pin(self.client.upload_part_copy(
+        Box::pin(self.client.upload_part_copy_with(
             &self.bucket,
             key,
             upload_id,
@@ -153,6 +213,7 @@ impl ObjectStore for BucketClient {
             &self.bucket,
             src_key,
             Some(range),
+            self.customer_key(),
         ))
     }
     fn complete_multipart_upload<'a>(
@@ -197,7 +258,10 @@ impl ObjectStore for BucketClient {
         )
     }
     fn head_object<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectHead> {
-        Box::pin(self.client.head_object(&self.bucket, key))
+        Box::pin(
+            self.client
+                .head_object_with(&self.bucket, key, self.customer_key()),
+        )
     }
     fn list_objects_page<'a>(
         &'a self,
@@ -220,9 +284,24 @@ impl ObjectStore for BucketClient {
         key: &'a str,
         directive: &'a MetadataDirective,
     ) -> StoreFuture<'a, String> {
-        Box::pin(
+        Box::pin(async move {
+            let directive = match directive {
+                MetadataDirective::Replace(o) => MetadataDirective::Replace(self.with_defaults(o)),
+                MetadataDirective::Copy => MetadataDirective::Copy,
+            };
             self.client
-                .copy_object(&self.bucket, src_key, &self.bucket, key, directive),
-        )
+                .copy_object_with(
+                    &self.bucket,
+                    src_key,
+                    &self.bucket,
+                    key,
+                    &directive,
+                    self.sse.as_ref(),
+                )
+                .await
+        })
+    }
+    fn etags_are_md5(&self) -> bool {
+        Sse::etag_is_md5(self.sse.as_ref())
     }
 }

@@ -187,6 +187,17 @@ struct CommonPrefix {
 
 /// Parses one ListObjectsV2 page, decoding keys when the server says it encoded them.
 pub fn parse_list_objects(body: &[u8]) -> Result<ListPage, S3Error> {
+    parse_list(body, false)
+}
+
+/// A page of ListObjects (V1). The token of the next page is its marker:
+/// NextMarker when the server gives one (it does with a delimiter), else
+/// the last key or prefix of this page.
+pub fn parse_list_objects_v1(body: &[u8]) -> Result<ListPage, S3Error> {
+    parse_list(body, true)
+}
+
+fn parse_list(body: &[u8], v1: bool) -> Result<ListPage, S3Error> {
     const OP: &str = "ListObjectsV2";
     let r: ListBucketResult = de(OP, body)?;
     let encoded = r.encoding_type.as_deref() == Some("url");
@@ -213,6 +224,19 @@ pub fn parse_list_objects(body: &[u8]) -> Result<ListPage, S3Error> {
         (false, _, _) => None,
         (true, Some(t), _) if !t.is_empty() => Some(t),
         (true, _, Some(m)) if !m.is_empty() => Some(dec(m)?),
+        (true, _, _) if v1 => {
+            let last_key = objects.last().map(|o| o.key.clone());
+            let last_prefix = common_prefixes.last().cloned();
+            match last_key.max(last_prefix) {
+                Some(m) => Some(m),
+                None => {
+                    return Err(S3Error::malformed(
+                        "ListObjects",
+                        "IsTruncated is true but the page is empty",
+                    ))
+                }
+            }
+        }
         (true, _, _) => {
             return Err(S3Error::malformed(
                 OP,

@@ -900,8 +900,15 @@ impl Upload {
         let expected = multipart_etag(&md5s);
         // A copied part whose ETag was not an MD5 (a vendor's or an
         // encrypted one) leaves nothing to compare with.
+        // Judged only when the server showed MD5 ETags for every part (some
+        // vendors' encrypted objects have other ETags).
         let verifiable = md5s.iter().all(|m| *m != [0; 16])
-            && crate::s3::Sse::etag_is_md5(self.target.opts.sse.as_ref());
+            && crate::s3::Sse::etag_is_md5(self.target.opts.sse.as_ref())
+            && self.target.store.etags_are_md5()
+            && self
+                .sent
+                .values()
+                .all(|p| bare_etag(&p.etag) == hex(&p.md5));
         let etag = match self
             .target
             .complete(&upload_id, &parts, verifiable.then_some(&*expected), size)

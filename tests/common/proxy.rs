@@ -110,7 +110,12 @@ struct Shared {
     upstream: SocketAddr,
     state: Mutex<FaultState>,
     counters: Counters,
+    /// Request heads seen (the first 10,000), for tests that check what was sent.
+    heads: Mutex<Vec<String>>,
 }
+
+/// Request heads kept by [`FaultProxy::heads`].
+const MAX_HEADS: usize = 10_000;
 
 /// A running proxy; dropping it stops it and closes its connections.
 pub struct FaultProxy {
@@ -142,6 +147,7 @@ impl FaultProxy {
                 rng: fastrand::Rng::with_seed(0),
             }),
             counters: Counters::default(),
+            heads: Mutex::new(Vec::new()),
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -211,6 +217,11 @@ impl FaultProxy {
             upstream_errors: g(&c.upstream_errors),
         }
     }
+
+    /// The request heads seen so far (request line and headers, as sent).
+    pub fn heads(&self) -> Vec<String> {
+        self.shared.heads.lock().unwrap().clone()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -270,6 +281,12 @@ async fn serve(mut client: TcpStream, sh: &Shared) -> io::Result<()> {
         return respond(&mut client, 400, "BadRequest", false).await;
     };
     bump(&sh.counters.requests);
+    {
+        let mut heads = sh.heads.lock().unwrap();
+        if heads.len() < MAX_HEADS {
+            heads.push(String::from_utf8_lossy(&head).into_owned());
+        }
+    }
     let is_head = req.method == b"HEAD";
     let body_len = match req.body {
         BodyLen::Known(n) => n,
