@@ -249,3 +249,33 @@ fn a_changed_credentials_file_is_re_read() {
     rt().block_on(c.head_bucket(&b))
         .expect("the rotated secret is used");
 }
+
+/// Several endpoints: a refused connection or a 5xx moves requests to the
+/// next one, and they stay there.
+#[test]
+fn requests_fail_over_to_the_next_endpoint() {
+    let real = common::require_env("AWS_ENDPOINT_URL");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    }; // the listener is closed: connections are refused
+    let proxy = FaultProxy::start(&real);
+    proxy.set(common::proxy::Faults {
+        fail_all: Some(common::proxy::FailAll::Status(503)),
+        ..Default::default()
+    });
+    let b = rt().block_on(common::fresh_bucket(&common::client()));
+    for first in [dead, proxy.url()] {
+        let mut cfg = common::client().config().clone();
+        cfg.endpoint = bucketfs::s3::config::parse_endpoint(&first).unwrap();
+        cfg.extra_endpoints = vec![bucketfs::s3::config::parse_endpoint(&real).unwrap()];
+        let c = bucketfs::s3::Client::new(cfg).unwrap();
+        let body = bytes::Bytes::from_static(b"over");
+        rt().block_on(c.put_object(&b, "k", body, None, &Default::default()))
+            .unwrap_or_else(|e| panic!("via {first}: {e}"));
+        assert_eq!(c.endpoint().as_str().trim_end_matches('/'), real.trim_end_matches('/'));
+        let got = rt().block_on(c.get_object(&b, "k", None, None)).unwrap();
+        assert_eq!(&got.body[..], b"over");
+    }
+    assert!(proxy.stats().refused >= 1);
+}
