@@ -486,3 +486,26 @@ async fn dead_mount_point_is_reused() {
         b"ok"
     );
 }
+
+/// Shell redirections: the shell opens the file, dup2()s the descriptor
+/// and closes the original before the command writes, so a close on the
+/// handle comes first. The writes that follow replace the empty object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_redirections_store_what_was_written() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    let dir = m.dir.to_str().unwrap().to_string();
+    m.run(Command::new("sh").arg("-c").arg(format!(
+        "cd {dir} && echo hi > one && echo more >> one && (echo a; echo b) > two && printf x > three && : > empty"
+    )));
+    for (k, want) in [
+        ("one", &b"hi\nmore\n"[..]),
+        ("two", b"a\nb\n"),
+        ("three", b"x"),
+        ("empty", b""),
+    ] {
+        let got = c.get_object(&b, k, None, None).await.unwrap();
+        assert_eq!(&got.body[..], want, "{k}");
+    }
+}

@@ -1381,6 +1381,20 @@ impl Fs {
         let Handle::Write(w) = &mut *g else {
             return Err(FsError::BadHandle);
         };
+        if w.state == WriteState::Done && offset == 0 && w.upload.is_none() {
+            // A shell redirection (`echo hi > f`) opens the file, dup2()s
+            // the descriptor and closes the original: that close completed
+            // the (empty) file. Writing from the start again replaces it.
+            let mut t = self.table();
+            match t.get_mut(w.ino) {
+                Some(i) if i.writer.is_none() || i.writer == Some(w.fh) => {
+                    i.writer = Some(w.fh);
+                    w.state = WriteState::Open;
+                    tracing::debug!(key = %w.key, "write after a close on the same handle: replacing the object");
+                }
+                _ => {}
+            }
+        }
         if w.state != WriteState::Open {
             tracing::warn!(key = %w.key, offset, "write after the file was completed or failed");
             return Err(FsError::Io("file already completed or failed".into()));
