@@ -278,3 +278,87 @@ impl Drop for Garage {
             .status();
     }
 }
+
+/// A private Garage cluster of several nodes on loopback (replication factor
+/// 3 from three nodes up, else one copy per node), for tests that kill and
+/// resume nodes. Nodes are numbered from 1; `endpoints[i - 1]` is node i's S3
+/// endpoint. Stopped on drop.
+pub struct GarageCluster {
+    pub state: tempfile::TempDir,
+    pub endpoints: Vec<String>,
+}
+
+impl GarageCluster {
+    /// Starts a fresh cluster of `n` nodes through `scripts/garage.sh
+    /// start-cluster` (healthy, bucket `bucketfs-test` and the test key
+    /// reachable through every node when it returns).
+    pub fn start(n: usize) -> GarageCluster {
+        let state = tempfile::tempdir().unwrap();
+        let out = Command::new(require_env("BUCKETFS_GARAGE_SH"))
+            .arg("start-cluster")
+            .arg(state.path())
+            .arg(n.to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("garage.sh start-cluster");
+        assert!(out.status.success(), "garage.sh start-cluster failed");
+        let env = String::from_utf8(out.stdout).unwrap();
+        let endpoints: Vec<String> = env
+            .lines()
+            .find_map(|l| l.strip_prefix("export BUCKETFS_CLUSTER_ENDPOINTS="))
+            .expect("BUCKETFS_CLUSTER_ENDPOINTS in env")
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        assert_eq!(endpoints.len(), n, "one endpoint per node: {endpoints:?}");
+        GarageCluster { state, endpoints }
+    }
+
+    /// Runs `garage.sh COMMAND STATE_DIR NODE`, which must succeed.
+    fn node_command(&self, command: &str, i: usize) {
+        assert!(
+            (1..=self.endpoints.len()).contains(&i),
+            "no node {i} in a cluster of {}",
+            self.endpoints.len()
+        );
+        let st = Command::new(require_env("BUCKETFS_GARAGE_SH"))
+            .arg(command)
+            .arg(self.state.path())
+            .arg(i.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("garage.sh {command}: {e}"));
+        assert!(st.success(), "garage.sh {command} {i} failed");
+    }
+
+    /// SIGKILL node `i` (1-based): it vanishes mid-request, its data stays on disk.
+    pub fn kill_node(&self, i: usize) {
+        self.node_command("kill-node", i);
+    }
+
+    /// Starts node `i` again on its data and ports; returns once it serves
+    /// S3 requests and is connected to the running nodes.
+    pub fn resume_node(&self, i: usize) {
+        self.node_command("resume-node", i);
+    }
+
+    /// Node `i`'s S3 endpoint (1-based).
+    pub fn endpoint(&self, i: usize) -> &str {
+        &self.endpoints[i - 1]
+    }
+
+    /// A client whose endpoint is node `i` (1-based).
+    pub fn client(&self, i: usize) -> bucketfs::s3::Client {
+        let mut cfg = super::client().config().clone();
+        cfg.endpoint = bucketfs::s3::config::parse_endpoint(self.endpoint(i)).unwrap();
+        bucketfs::s3::Client::new(cfg).unwrap()
+    }
+}
+
+impl Drop for GarageCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(require_env("BUCKETFS_GARAGE_SH"))
+            .arg("stop")
+            .arg(self.state.path())
+            .status();
+    }
+}
