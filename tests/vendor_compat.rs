@@ -63,6 +63,10 @@ fn storage_class_headers_acl_and_content_type_reach_the_server() {
             .arg(m.path(".style.css.Xy12Zq"))
             .arg(m.path("style.css")),
     );
+    // A rename that keeps the type is a COPY-directive copy: it still
+    // carries the mount's storage class, ACL and headers.
+    std::fs::write(m.path("a.bin"), b"bytes").unwrap();
+    m.run(Command::new("mv").arg(m.path("a.bin")).arg(m.path("b.bin")));
 
     let ct = |k: &str| rt().block_on(c.head_object(&b, k)).unwrap().content_type;
     assert_eq!(ct("page.html").as_deref(), Some("text/html"));
@@ -75,7 +79,16 @@ fn storage_class_headers_acl_and_content_type_reach_the_server() {
         .into_iter()
         .filter(|h| h.to_ascii_lowercase().contains("x-amz-copy-source:"))
         .collect();
-    for (what, hs) in [("PutObject", put), ("Create", create), ("CopyObject", copy)] {
+    let plain_copy: Vec<String> = heads_of(&proxy, &format!("PUT /{b}/b.bin "))
+        .into_iter()
+        .filter(|h| has_header(h, "x-amz-metadata-directive", "COPY"))
+        .collect();
+    for (what, hs) in [
+        ("PutObject", put),
+        ("Create", create),
+        ("CopyObject", copy),
+        ("CopyObject COPY", plain_copy),
+    ] {
         assert_eq!(hs.len(), 1, "{what}: {hs:?}");
         let h = &hs[0];
         assert!(
@@ -273,7 +286,10 @@ fn requests_fail_over_to_the_next_endpoint() {
         let body = bytes::Bytes::from_static(b"over");
         rt().block_on(c.put_object(&b, "k", body, None, &Default::default()))
             .unwrap_or_else(|e| panic!("via {first}: {e}"));
-        assert_eq!(c.endpoint().as_str().trim_end_matches('/'), real.trim_end_matches('/'));
+        assert_eq!(
+            c.endpoint().as_str().trim_end_matches('/'),
+            real.trim_end_matches('/')
+        );
         let got = rt().block_on(c.get_object(&b, "k", None, None)).unwrap();
         assert_eq!(&got.body[..], b"over");
     }

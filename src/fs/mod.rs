@@ -2071,7 +2071,14 @@ impl Fs {
                 None => None,
             };
             let new_type = content_type_after_rename(stored_type.as_deref(), name, newname);
-            let directive = if pending || new_type.is_some() {
+            // A copy gets the server's default storage class unless told:
+            // an object in another class is copied with all its metadata.
+            let other_class = src.stored.as_ref().is_some_and(|m| {
+                m.storage_class
+                    .as_deref()
+                    .is_some_and(|c| !c.eq_ignore_ascii_case("STANDARD"))
+            });
+            let directive = if pending || new_type.is_some() || other_class {
                 let mut o = self.replace_options(&src).await?;
                 if new_type.is_some() {
                     o.content_type = new_type;

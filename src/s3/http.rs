@@ -920,12 +920,15 @@ impl Client {
             MetadataDirective::Replace(o) => o.sse.as_ref(),
             MetadataDirective::Copy => None,
         };
-        self.copy_object_with(src_bucket, src_key, bucket, key, directive, sse)
+        self.copy_object_with(src_bucket, src_key, bucket, key, directive, sse, None)
             .await
     }
 
     /// CopyObject where source and copy are encrypted with `sse` (SSE-C
     /// sends the key for both; SSE-S3/KMS ask for the copy to be encrypted).
+    /// With the COPY directive, `copy_extras` adds its storage class, ACL and
+    /// extra headers (a copy would otherwise get the server's defaults).
+    #[allow(clippy::too_many_arguments)]
     pub async fn copy_object_with(
         &self,
         src_bucket: &str,
@@ -934,13 +937,25 @@ impl Client {
         key: &str,
         directive: &MetadataDirective,
         sse: Option<&Sse>,
+        copy_extras: Option<&PutOptions>,
     ) -> Result<String, S3Error> {
         let mut r = Request::new(Op::CopyObject, Method::PUT, bucket, Some(key))
             .header("x-amz-copy-source", copy_source(src_bucket, src_key));
         r = sse_headers(r, sse, true);
         r = match directive {
             MetadataDirective::Copy => {
-                let r = r.header("x-amz-metadata-directive", "COPY");
+                let mut r = r.header("x-amz-metadata-directive", "COPY");
+                if let Some(o) = copy_extras {
+                    if let Some(sc) = &o.storage_class {
+                        r = r.header("x-amz-storage-class", sc.clone());
+                    }
+                    if let Some(acl) = &o.acl {
+                        r = r.header("x-amz-acl", acl.clone());
+                    }
+                    for (k, v) in &o.extra_headers {
+                        r = r.header(k, v.clone());
+                    }
+                }
                 sse_headers(r, sse, false)
             }
             MetadataDirective::Replace(o) => {

@@ -297,6 +297,7 @@ impl ObjectStore for BucketClient {
                     key,
                     &directive,
                     self.sse.as_ref(),
+                    Some(&self.defaults),
                 )
                 .await
         })
