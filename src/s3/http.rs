@@ -340,6 +340,13 @@ fn put_headers<'a>(mut r: Request<'a>, o: &PutOptions) -> Request<'a> {
     for (k, v) in &o.metadata {
         r = r.header(&format!("x-amz-meta-{}", k.to_ascii_lowercase()), v.clone());
     }
+    let r = placement_headers(r, o);
+    sse_headers(r, o.sse.as_ref(), false)
+}
+
+/// Storage class, ACL and extra (vendor) headers: what a copy keeps
+/// sending even when it copies the metadata.
+fn placement_headers<'a>(mut r: Request<'a>, o: &PutOptions) -> Request<'a> {
     if let Some(sc) = &o.storage_class {
         r = r.header("x-amz-storage-class", sc.clone());
     }
@@ -349,7 +356,7 @@ fn put_headers<'a>(mut r: Request<'a>, o: &PutOptions) -> Request<'a> {
     for (k, v) in &o.extra_headers {
         r = r.header(k, v.clone());
     }
-    sse_headers(r, o.sse.as_ref(), false)
+    r
 }
 
 impl Client {
@@ -946,15 +953,7 @@ impl Client {
             MetadataDirective::Copy => {
                 let mut r = r.header("x-amz-metadata-directive", "COPY");
                 if let Some(o) = copy_extras {
-                    if let Some(sc) = &o.storage_class {
-                        r = r.header("x-amz-storage-class", sc.clone());
-                    }
-                    if let Some(acl) = &o.acl {
-                        r = r.header("x-amz-acl", acl.clone());
-                    }
-                    for (k, v) in &o.extra_headers {
-                        r = r.header(k, v.clone());
-                    }
+                    r = placement_headers(r, o);
                 }
                 sse_headers(r, sse, false)
             }

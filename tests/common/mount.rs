@@ -155,19 +155,11 @@ impl Mounted {
             .arg(&self.dir)
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(s)) = child.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let status = wait_exit(&mut child, Duration::from_secs(30));
+        if status.is_none() {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
+        status
     }
 
     /// Sends SIGTERM and waits (up to `wait`) for the daemon to exit; its status.
@@ -177,18 +169,7 @@ impl Mounted {
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Ok(Some(s)) = child.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_exit(&mut child, wait)
     }
 
     /// Kills the daemon with SIGKILL (the mount is left dead).
@@ -197,6 +178,22 @@ impl Mounted {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Waits up to `wait` for `child` to exit; kills it after that (None).
+fn wait_exit(child: &mut Child, wait: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -264,18 +261,28 @@ impl Garage {
 
     /// A client for this server.
     pub fn client(&self) -> bucketfs::s3::Client {
-        let mut cfg = super::client().config().clone();
-        cfg.endpoint = bucketfs::s3::config::parse_endpoint(&self.endpoint).unwrap();
-        bucketfs::s3::Client::new(cfg).unwrap()
+        client_at(&self.endpoint)
     }
+}
+
+/// A client like the shared test server's, talking to `endpoint`.
+pub fn client_at(endpoint: &str) -> bucketfs::s3::Client {
+    let mut cfg = super::client().config().clone();
+    cfg.endpoint = bucketfs::s3::config::parse_endpoint(endpoint).unwrap();
+    bucketfs::s3::Client::new(cfg).unwrap()
+}
+
+/// `garage.sh stop` of a server or cluster started in `state`.
+fn stop_garage(state: &Path) {
+    let _ = Command::new(require_env("BUCKETFS_GARAGE_SH"))
+        .arg("stop")
+        .arg(state)
+        .status();
 }
 
 impl Drop for Garage {
     fn drop(&mut self) {
-        let _ = Command::new(require_env("BUCKETFS_GARAGE_SH"))
-            .arg("stop")
-            .arg(self.state.path())
-            .status();
+        stop_garage(self.state.path());
     }
 }
 
@@ -348,17 +355,12 @@ impl GarageCluster {
 
     /// A client whose endpoint is node `i` (1-based).
     pub fn client(&self, i: usize) -> bucketfs::s3::Client {
-        let mut cfg = super::client().config().clone();
-        cfg.endpoint = bucketfs::s3::config::parse_endpoint(self.endpoint(i)).unwrap();
-        bucketfs::s3::Client::new(cfg).unwrap()
+        client_at(self.endpoint(i))
     }
 }
 
 impl Drop for GarageCluster {
     fn drop(&mut self) {
-        let _ = Command::new(require_env("BUCKETFS_GARAGE_SH"))
-            .arg("stop")
-            .arg(self.state.path())
-            .status();
+        stop_garage(self.state.path());
     }
 }
