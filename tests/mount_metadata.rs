@@ -475,3 +475,91 @@ async fn tar_x_into_the_mount() {
         Some("a/b/data.bin")
     );
 }
+
+/// Metadata other tools can read: s3fs, mounted on the same bucket, shows
+/// the mode and mtime `cp -p` kept through bucketfs; and what s3fs sets,
+/// bucketfs shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3fs_on_the_same_bucket_sees_cp_p_attributes() {
+    let s3fs = Command::new("s3fs").arg("--version").output();
+    assert!(
+        s3fs.is_ok(),
+        "s3fs is not installed (apt-get install s3fs): this test reads the metadata through it"
+    );
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("tool.sh");
+    std::fs::write(&src, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o751)).unwrap();
+    let when = UNIX_EPOCH + Duration::from_secs(1_400_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    m.run(
+        Command::new("cp")
+            .arg("-p")
+            .arg(&src)
+            .arg(m.path("tool.sh")),
+    );
+    head_until(&c, &b, "tool.sh", |h| meta(h, "mtime").is_some()).await;
+
+    // s3fs on the same bucket, in the foreground of a child process.
+    let passwd = dir.path().join("passwd");
+    std::fs::write(
+        &passwd,
+        format!(
+            "{}:{}\n",
+            require_env("AWS_ACCESS_KEY_ID"),
+            require_env("AWS_SECRET_ACCESS_KEY")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let other = dir.path().join("s3fs");
+    std::fs::create_dir(&other).unwrap();
+    let mut child = Command::new("s3fs")
+        .arg(&b)
+        .arg(&other)
+        .arg("-f")
+        .arg("-o")
+        .arg(format!(
+            "passwd_file={},url={},use_path_request_style,endpoint={}",
+            passwd.display(),
+            require_env("AWS_ENDPOINT_URL"),
+            require_env("AWS_REGION")
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn s3fs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(common::mount::is_mounted(&other) && std::fs::metadata(other.join("tool.sh")).is_ok()) {
+        assert!(Instant::now() < deadline, "s3fs did not mount within 20 s");
+        assert!(child.try_wait().unwrap().is_none(), "s3fs exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = std::fs::metadata(other.join("tool.sh")).unwrap();
+    let got_mode = seen.mode() & 0o7777;
+    let got_mtime = seen.modified().unwrap();
+    // s3fs changes the mode of a file it did not write? It must not: chmod
+    // through s3fs, then read it back through a fresh bucketfs mount.
+    std::fs::set_permissions(
+        other.join("tool.sh"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    let _ = Command::new("fusermount3").arg("-u").arg(&other).status();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got_mode, 0o751, "mode through s3fs");
+    assert_eq!(got_mtime, when, "mtime through s3fs");
+    let fresh = Mounted::bucket(&b);
+    let md = std::fs::metadata(fresh.path("tool.sh")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o700, "mode s3fs set, through bucketfs");
+    assert_eq!(md.modified().unwrap(), when, "mtime kept by s3fs's chmod");
+}
