@@ -190,3 +190,47 @@ async fn creating_files_in_a_new_directory_costs_no_lookups() {
         21
     );
 }
+
+/// Once a directory's listing is stale (past --metadata-ttl), lookups of
+/// new names cost one LIST of the directory between them, not a HEAD and
+/// a LIST each (rsync looks up every temporary and final name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_names_in_a_stale_directory_cost_one_listing() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    put_many(&c, &b, "d/", 30, b"z").await;
+    let store = Arc::new(BucketClient::new(c.clone(), b.clone()));
+    let mut cfg = fs_config();
+    cfg.metadata_ttl = Duration::from_millis(300);
+    let fs = Fs::new(store, cfg);
+    let dir = fs.lookup(fs.root(), OsStr::new("d")).await.unwrap();
+    let fh = fs.opendir(dir.ino).await.unwrap();
+    fs.releasedir(fh).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (heads, lists) = (
+        c.counters().requests(Op::HeadObject),
+        c.counters().requests(Op::ListObjects),
+    );
+    for i in 0..50 {
+        let e = fs
+            .lookup(dir.ino, OsStr::new(&format!("new{i}")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT);
+    }
+    assert_eq!(c.counters().requests(Op::HeadObject), heads);
+    assert_eq!(c.counters().requests(Op::ListObjects) - lists, 1);
+    // A name another client stored meanwhile is found by that listing.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.put_object(
+        &b,
+        "d/theirs",
+        bytes::Bytes::from_static(b"t"),
+        None,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let a = fs.lookup(dir.ino, OsStr::new("theirs")).await.unwrap();
+    assert_eq!(a.size, 1);
+}

@@ -153,7 +153,12 @@ pub struct Fs {
     stats: MountStats,
     /// Keys listings skipped (each is logged once), up to [`MAX_SKIPPED_LOGGED`].
     skipped: Mutex<std::collections::HashSet<String>>,
+    /// One stale directory listed again at a time (lookups wait, then find it fresh).
+    relisting: tokio::sync::Mutex<()>,
 }
+
+/// Largest directory (children known here) listed again for a lookup.
+const RELIST_MAX: usize = 2000;
 
 /// Skipped keys remembered (so each is logged once); past this, no more are logged.
 const MAX_SKIPPED_LOGGED: usize = 10_000;
@@ -309,6 +314,7 @@ impl Fs {
             writers: Mutex::new(BTreeMap::new()),
             stats: MountStats::default(),
             skipped: Mutex::new(std::collections::HashSet::new()),
+            relisting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -532,6 +538,17 @@ impl Fs {
                 break;
             }
             let _ = tokio::time::timeout(Duration::from_millis(200), ahead).await;
+        }
+        // rsync and cp -r look up every new name; in a directory whose
+        // listing went stale, one LIST answers this lookup and the next
+        // ones, instead of a HEAD and a LIST for each.
+        if self.should_relist(parent, name) {
+            let _one = self.relisting.lock().await;
+            if self.should_relist(parent, name) {
+                if let Err(e) = self.list_dir(parent).await {
+                    tracing::debug!(parent, error = %e, "listing again failed; asking for the name");
+                }
+            }
         }
         let (listed_dir, listed_file) = {
             let t = self.table();
@@ -1034,6 +1051,14 @@ impl Fs {
     /// Takes one listing snapshot of a directory (ListObjectsV2 with
     /// delimiter `/`, every page) and returns a handle serving it.
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let entries = self.list_dir(ino).await?;
+        Ok(self.new_fh(Handle::Dir(entries)))
+    }
+
+    /// Lists a directory (every page) and records what it shows: its
+    /// children, and that a name not among them does not exist (for
+    /// `--metadata-ttl`). Names being created here are added.
+    async fn list_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
         let dir = self.inode(ino)?;
         if dir.kind != Kind::Dir {
             return Err(FsError::NotDir);
@@ -1174,7 +1199,21 @@ impl Fs {
                 }
             }
         }
-        Ok(self.new_fh(Handle::Dir(entries)))
+        Ok(entries)
+    }
+
+    /// Whether a lookup of `name` should first list `parent` again: the
+    /// name is unknown, and `parent` was listed (or made) here and its
+    /// listing went stale, and it is small enough that one LIST is cheaper
+    /// than the HEAD and LIST a lookup of an unknown name costs.
+    fn should_relist(&self, parent: u64, name: &str) -> bool {
+        let t = self.table();
+        if t.child(parent, name).is_some() {
+            return false;
+        }
+        t.get(parent).is_some_and(|p| {
+            p.complete_until.is_some_and(|u| u <= Instant::now()) && p.kids <= RELIST_MAX
+        })
     }
 
     /// Entries of a directory snapshot from `offset` on.
