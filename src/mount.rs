@@ -6,7 +6,7 @@ use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
 use crate::s3::{BucketClient, Client, ObjectStore, S3Error};
 use crate::upload::budget::Budget;
-use crate::upload::journal::{Journal, MountInfo};
+use crate::upload::journal::{Journal, JournalError, MountInfo};
 use crate::upload::schedule::{Schedule, MIN_PART};
 use crate::upload::{UploadConfig, MEMORY_WAIT};
 use std::io::{Read, Write};
@@ -380,7 +380,19 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             mountpoint: o.mountpoint.clone(),
             pid: std::process::id(),
         };
-        let (journal, left) = Journal::open(&o.state_dir, &info).map_err(|e| e.to_string())?;
+        let (journal, left) = match Journal::open(&o.state_dir, &info) {
+            Ok(j) => j,
+            // A read-only mount starts no upload: any private directory
+            // will do for its (always empty) journal and status socket.
+            Err(JournalError::Io { err, .. }) if o.read_only => {
+                // SAFETY: getuid cannot fail.
+                let fallback = std::env::temp_dir()
+                    .join(format!("bucketfs-state-{}", unsafe { libc::getuid() }));
+                tracing::info!(state_dir = %o.state_dir.display(), error = %err, fallback = %fallback.display(), "state directory unusable; read-only mount uses a temporary one");
+                Journal::open(&fallback, &info).map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let journal = Arc::new(journal);
         if !left.is_empty() {
             let r = rt.block_on(journal.sweep(store.as_ref(), &left));
@@ -459,7 +471,11 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             mountpoint: o.mountpoint.clone(),
             started,
         })
-        .map_err(|e| format!("status socket in {}: {e}", journal.dir().display()))?;
+        .map_err(|e| {
+            // Status is a convenience: the mount goes on without it.
+            tracing::warn!(dir = %journal.dir().display(), error = %e, "no status socket (bucketfs status will not reach this mount)")
+        })
+        .ok();
         Ok((session, fs, journal, store))
     })();
     let (mut session, fs, journal, store) = match result {

@@ -110,6 +110,12 @@ pub fn report(s: &Sources) -> String {
 /// Serves reports on the mount's socket until the runtime stops.
 pub fn serve(sources: Sources) -> std::io::Result<PathBuf> {
     let path = sources.journal.dir().join(SOCKET);
+    if path.as_os_str().len() >= 108 {
+        return Err(std::io::Error::other(format!(
+            "{} is longer than a Unix socket address may be (give a shorter --state-dir)",
+            path.display()
+        )));
+    }
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;

@@ -288,3 +288,35 @@ fn trace_logs_hold_no_secret_and_the_mount_is_private() {
     assert!(line.contains("default_permissions"), "{line}");
     assert!(!line.contains("allow_other"), "{line}");
 }
+
+/// A read-write mount needs its journal: an unusable --state-dir stops it
+/// with one clear line. A read-only mount starts no upload and goes on.
+#[test]
+fn the_state_directory_is_required_for_writing_only() {
+    let c = common::client();
+    let bucket = rt().block_on(common::fresh_bucket(&c));
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bucketfs"))
+        .args(["mount", &bucket])
+        .arg(dir.path())
+        .args(["--state-dir", "/proc/bucketfs-cannot-be-here"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("state directory /proc/bucketfs-cannot-be-here"),
+        "{err}"
+    );
+    let m = Mounted::new(
+        &bucket,
+        &[
+            "--read-only",
+            "--state-dir",
+            "/proc/bucketfs-cannot-be-here",
+        ],
+        &[],
+    );
+    assert!(std::fs::read_dir(&m.dir).is_ok());
+    assert!(m.log().contains("read-only mount uses a temporary one"));
+}

@@ -111,7 +111,8 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 /// The directory name of one mount's state: readable, and unique per
-/// bucket, prefix and mount point.
+/// bucket, prefix and mount point. Short, so the status socket's path in
+/// it stays within the 108 bytes a Unix socket address holds.
 pub fn mount_id(bucket: &str, prefix: &str, mountpoint: &Path) -> String {
     let mut h = Sha256::new();
     h.update(bucket.as_bytes());
@@ -128,7 +129,7 @@ pub fn mount_id(bucket: &str, prefix: &str, mountpoint: &Path) -> String {
                 '_'
             }
         })
-        .take(48)
+        .take(24)
         .collect();
     format!("{safe}-{}", &hex(&h.finalize())[..16])
 }
