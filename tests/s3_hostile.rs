@@ -1,0 +1,166 @@
+//! Hostile answers from a server: a listing that repeats its continuation
+//! token, malformed and truncated XML, a 200 whose body is an `<Error>`, a
+//! part ETag that is not the body's MD5. Each is a clear error after a
+//! bounded number of requests — never a panic or an endless loop. The
+//! server here is a canned one that answers every request the same way.
+
+use bucketfs::s3::{Client, S3Error};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A server answering every request with `status` and `body`; counts them.
+struct Canned {
+    url: String,
+    hits: Arc<AtomicUsize>,
+}
+
+fn canned(status: u16, headers: &'static str, body: &'static str) -> Canned {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { continue };
+            // Read the head and any Content-Length body.
+            let mut buf = Vec::new();
+            let mut b = [0u8; 4096];
+            let head_end = loop {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => buf.extend_from_slice(&b[..n]),
+                }
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i + 4);
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&b[..n]),
+                }
+            }
+            h.fetch_add(1, Ordering::SeqCst);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Canned { url, hits }
+}
+
+fn client(url: &str, attempts: u32) -> Client {
+    let mut cfg = bucketfs::s3::S3Config::from_env(&bucketfs::s3::ConfigOverrides {
+        endpoint_url: Some(url.to_string()),
+        ..Default::default()
+    })
+    .expect("config (credentials come from the environment or ~/.aws)");
+    cfg.max_attempts = attempts;
+    Client::new(cfg).unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+#[test]
+fn a_listing_that_repeats_its_token_is_an_error_not_a_loop() {
+    let s = canned(
+        200,
+        "",
+        "<ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>same</NextContinuationToken>\
+         <Contents><Key>a</Key><Size>1</Size></Contents></ListBucketResult>",
+    );
+    let e = rt()
+        .block_on(client(&s.url, 2).list_objects_all("b", "", Some("/")))
+        .unwrap_err();
+    assert!(matches!(e, S3Error::Malformed { .. }), "{e}");
+    assert!(e.to_string().contains("repeated"), "{e}");
+    assert_eq!(
+        s.hits.load(Ordering::SeqCst),
+        2,
+        "one page, then the repeat"
+    );
+}
+
+#[test]
+fn malformed_and_truncated_xml_are_clear_errors() {
+    for body in [
+        "<ListBucketResult><IsTruncated>maybe</IsTruncated></ListBucketResult>",
+        "<ListBucketResult><Contents><Key>a</Key><Size>x</Size></Contents>",
+        "not xml at all",
+        "",
+    ] {
+        let s = canned(200, "", body);
+        let e = rt()
+            .block_on(client(&s.url, 1).list_objects_page("b", "", None, None, None))
+            .unwrap_err();
+        assert!(matches!(e, S3Error::Malformed { .. }), "{body:?}: {e}");
+    }
+    // A Complete answer cut short: no ETag made of a fragment.
+    let s = canned(
+        200,
+        "",
+        "<CompleteMultipartUploadResult><Location>l</Location><ETag>&quot;abc",
+    );
+    let e = rt()
+        .block_on(client(&s.url, 1).complete_multipart_upload(
+            "b",
+            "k",
+            "u",
+            &[(1, "\"e\"".into())],
+        ))
+        .unwrap_err();
+    assert!(matches!(e, S3Error::Malformed { .. }), "{e}");
+}
+
+#[test]
+fn a_200_whose_body_is_an_error_fails_complete_after_bounded_retries() {
+    let s = canned(
+        200,
+        "",
+        "\n\n   <Error><Code>InternalError</Code><Message>We encountered an internal error.</Message><RequestId>r1</RequestId></Error>",
+    );
+    let e = rt()
+        .block_on(client(&s.url, 3).complete_multipart_upload(
+            "b",
+            "k",
+            "u",
+            &[(1, "\"e\"".into())],
+        ))
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InternalError"), "{e}");
+    assert_eq!(
+        s.hits.load(Ordering::SeqCst),
+        3,
+        "retried up to --max-attempts"
+    );
+}
+
+#[test]
+fn a_part_etag_that_is_not_the_md5_is_refused() {
+    let s = canned(200, "etag: \"0123456789abcdef0123456789abcdef\"\r\n", "");
+    let e = rt()
+        .block_on(client(&s.url, 1).upload_part(
+            "b",
+            "k",
+            "u",
+            1,
+            bytes::Bytes::from_static(b"body"),
+            None,
+            None,
+        ))
+        .unwrap_err();
+    assert!(matches!(e, S3Error::EtagMismatch { .. }), "{e}");
+}
