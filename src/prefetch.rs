@@ -23,8 +23,9 @@ pub const INITIAL_WINDOW: u64 = 1024 * 1024;
 const MAX_CHUNK: u64 = 8 * 1024 * 1024;
 /// Smallest GET for a random read (a few kernel pages cost the same round trip).
 const MIN_RANDOM_READ: u64 = 128 * 1024;
-/// Fetched bytes kept behind the reader, for slightly out-of-order reads.
-const KEEP_BEHIND: u64 = 2 * 1024 * 1024;
+/// Fetched bytes kept behind the reader, for out-of-order reads (the
+/// kernel's read-ahead sends several at once).
+const KEEP_BEHIND: u64 = 4 * 1024 * 1024;
 
 enum ChunkData {
     Pending(JoinHandle<Result<Bytes, S3Error>>),
@@ -106,8 +107,26 @@ impl Reader {
             .map(|c| c.start)
             .unwrap_or(self.next_fetch);
         let sequential = offset >= fetched_from && offset <= self.next_fetch;
+        // The kernel's read-ahead sends several reads at once and they may
+        // arrive out of order: a read a little before the fetched bytes, or
+        // a little past them, is filled in, not taken for a jump.
+        let near = !self.chunks.is_empty()
+            && offset + self.max_window >= fetched_from
+            && offset <= self.next_fetch + self.max_window;
         if sequential {
             self.window = (self.window * 2).min(self.max_window);
+        } else if near {
+            if offset < fetched_from {
+                // The gap before the fetched bytes, in pieces, kept in order.
+                let mut at = fetched_from;
+                while at > offset {
+                    let from = at.saturating_sub(MAX_CHUNK).max(offset);
+                    let c = self.spawn(from, at, None);
+                    self.chunks.push_front(c);
+                    at = from;
+                }
+            }
+            // Past the fetched bytes: the read-ahead below reaches it.
         } else {
             for c in self.chunks.drain(..) {
                 if let ChunkData::Pending(t) = c.data {
@@ -276,5 +295,34 @@ mod tests {
                 "limit {limit}: read-ahead memory given back"
             );
         }
+    }
+
+    /// The kernel's read-ahead sends several reads at once and they arrive
+    /// out of order: each group of four 1 MiB reads comes as 3, 1, 0, 2.
+    /// The bytes are exact and the GETs stay few (no restart per read).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn out_of_order_reads_are_filled_in_not_restarted() {
+        use crate::s3::Op;
+        let len = 48 * MIB;
+        let (store, body) = store_with(len as usize);
+        let mut r = Reader::new(
+            store.clone(),
+            "obj".into(),
+            len,
+            64 * MIB,
+            Budget::new(64 * MIB),
+        );
+        let mut got = vec![0u8; len as usize];
+        for group in 0..(len / (4 * MIB)) {
+            for k in [3u64, 1, 0, 2] {
+                let off = (group * 4 + k) * MIB;
+                let b = r.read(off, MIB as u32).await.unwrap();
+                assert_eq!(b.len() as u64, MIB);
+                got[off as usize..(off + MIB) as usize].copy_from_slice(&b);
+            }
+        }
+        assert!(got[..] == body[..], "bytes differ");
+        let gets = store.calls(Op::GetObject);
+        assert!(gets <= 20, "{gets} GETs for 48 MiB read out of order");
     }
 }
