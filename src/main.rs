@@ -185,7 +185,8 @@ struct MountArgs {
     log_file: Option<std::path::PathBuf>,
     /// Comma-separated mount options as fstab passes them: ro, rw, allow_other,
     /// allow_root, uid=N, gid=N, file_mode=OCTAL, dir_mode=OCTAL, memory_limit=SIZE,
-    /// state_dir=PATH, ...
+    /// state_dir=PATH; and any long option as name=value (endpoint_url=URL,
+    /// storage_class=CLASS, virtual_hosted, ...)
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
 }
