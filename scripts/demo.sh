@@ -75,6 +75,9 @@ for key in ("synced/README.md", "synced/link-to-hello"):
     print(f"{key}: x-amz-meta {h['Metadata']}")
 PY
 
+step "bucketfs status: the mount's totals (with --watch, live progress of files being written)"
+"$bin" status "$mnt"
+
 step "unmounting and stopping Garage"
 fusermount3 -u "$mnt"
 echo "done"
