@@ -123,6 +123,8 @@ pub fn serve(sources: Sources) -> std::io::Result<PathBuf> {
     tokio::spawn(async move {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else {
+                // Out of descriptors, say: try again a little later, not in a spin.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
             let text = report(&sources);
