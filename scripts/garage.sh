@@ -537,11 +537,51 @@ node_s3_ok() {
     signed_request -sf -o /dev/null
 }
 
+# node_answers I: node I answers `garage status`.
+node_answers() { gn "$1" status >/dev/null 2>&1; }
+
+# node_sees_all_healthy I: node I reports the cluster healthy with all $n
+# nodes connected and up (sets $health; $n is the caller's).
+node_sees_all_healthy() {
+    local status connected up
+    health="$(node_health "$1")" || health=""
+    read -r status connected up <<<"$health"
+    [[ "$status" == healthy && "$connected" == "$n" && "$up" == "$n" ]]
+}
+
+# wait_nodes N TIMEOUT INTERVAL PROBE: for each node I of 1..N in turn,
+# polls `PROBE I` every INTERVAL seconds until it succeeds, all within
+# TIMEOUT seconds. Returns 0; 3 on a port clash (all nodes killed); 1 with
+# $failed set to the node that died or never passed.
+wait_nodes() {
+    local n="$1" interval="$3" probe="$4" i ok deadline=$((SECONDS + $2))
+    for ((i = 1; i <= n; i++)); do
+        ok=""
+        while ((SECONDS < deadline)); do
+            node_running "$i" || break
+            port_clash && break
+            if "$probe" "$i"; then
+                ok=1
+                break
+            fi
+            sleep "$interval"
+        done
+        if port_clash; then
+            kill_cluster
+            return 3
+        fi
+        if [[ -z "$ok" ]]; then
+            failed="$i"
+            return 1
+        fi
+    done
+}
+
 # One cluster start attempt on freshly picked ports. Returns 0 when the
 # cluster is healthy and S3 answers on every node, 3 on a port clash (all
 # nodes killed); dies on other failures.
 try_start_cluster() {
-    local n="$1" i dir deadline ok
+    local n="$1" i dir
     rm -rf "$state"/node* "$state/env" "$state/cluster" || die "cannot clean $state"
 
     local ports=()
@@ -566,27 +606,14 @@ try_start_cluster() {
     done
 
     # 1. Every node answers on RPC.
-    deadline=$((SECONDS + START_TIMEOUT))
-    for ((i = 1; i <= n; i++)); do
-        ok=""
-        while ((SECONDS < deadline)); do
-            node_running "$i" || break
-            if gn "$i" status >/dev/null 2>&1; then
-                ok=1
-                break
-            fi
-            sleep 0.2
-        done
-        if port_clash; then
-            kill_cluster
-            return 3
-        fi
-        if [[ -z "$ok" ]]; then
-            log_tail
-            node_running "$i" || die "garage node $i exited during startup"
-            die "garage node $i did not answer 'garage status' within ${START_TIMEOUT}s"
-        fi
-    done
+    local failed rc
+    wait_nodes "$n" "$START_TIMEOUT" 0.2 node_answers || {
+        rc=$?
+        ((rc == 3)) && return 3
+        log_tail
+        node_running "$failed" || die "garage node $failed exited during startup"
+        die "garage node $failed did not answer 'garage status' within ${START_TIMEOUT}s"
+    }
 
     # 2. Connect every node to node 1; one layout with every node in its own zone.
     local ids=() id
@@ -624,60 +651,29 @@ try_start_cluster() {
 
     # 3. Healthy as seen from every node: all nodes connected and up, every
     # partition with all its copies (so every node also has the layout).
-    local health status connected up
-    deadline=$((SECONDS + CLUSTER_TIMEOUT))
-    for ((i = 1; i <= n; i++)); do
-        ok=""
-        while ((SECONDS < deadline)); do
-            node_running "$i" || break
-            port_clash && break
-            health="$(node_health "$i")" || health=""
-            read -r status connected up <<<"$health"
-            if [[ "$status" == healthy && "$connected" == "$n" && "$up" == "$n" ]]; then
-                ok=1
-                break
-            fi
-            sleep 0.5
-        done
-        if port_clash; then
-            kill_cluster
-            return 3
-        fi
-        if [[ -z "$ok" ]]; then
-            gn "$i" status >&2 || true
-            log_tail
-            die "garage cluster not healthy as seen from node $i within ${CLUSTER_TIMEOUT}s (health: '${health:-}')"
-        fi
-    done
+    local health=""
+    wait_nodes "$n" "$CLUSTER_TIMEOUT" 0.5 node_sees_all_healthy || {
+        rc=$?
+        ((rc == 3)) && return 3
+        gn "$failed" status >&2 || true
+        log_tail
+        die "garage cluster not healthy as seen from node $failed within ${CLUSTER_TIMEOUT}s (health: '${health:-}')"
+    }
 
     # 4. Key and bucket, through node 1.
     setup_key_and_bucket
 
     # 5. S3 accepts signed requests on every node.
-    deadline=$((SECONDS + START_TIMEOUT))
-    for ((i = 1; i <= n; i++)); do
-        ok=""
-        while ((SECONDS < deadline)); do
-            node_running "$i" || break
-            port_clash && break
-            if node_s3_ok "$i"; then
-                ok=1
-                break
-            fi
-            sleep 0.2
-        done
-        if port_clash; then
-            kill_cluster
-            return 3
-        fi
-        if [[ -z "$ok" ]]; then
-            s3_port="$(node_port "$i" s3)"
-            signed_request -sS >&2 || true
-            echo >&2
-            log_tail
-            die "S3 API of node $i (127.0.0.1:$s3_port) did not accept a signed request within ${START_TIMEOUT}s"
-        fi
-    done
+    wait_nodes "$n" "$START_TIMEOUT" 0.2 node_s3_ok || {
+        rc=$?
+        ((rc == 3)) && return 3
+        local s3_port
+        s3_port="$(node_port "$failed" s3)"
+        signed_request -sS >&2 || true
+        echo >&2
+        log_tail
+        die "S3 API of node $failed (127.0.0.1:$s3_port) did not accept a signed request within ${START_TIMEOUT}s"
+    }
 }
 
 cmd_start_cluster() {
