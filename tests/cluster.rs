@@ -114,15 +114,10 @@ async fn three_nodes_replicate_and_survive_the_loss_of_one() {
     assert_object(&c1, 1, "while-down.txt", &small, &small_etag).await;
     assert_object(&c1, 1, "while-down.bin", &multi, &multi_etag).await;
     assert_object(&c1, 1, "big.bin", &big, &big_etag).await;
-    let keys: Vec<String> = c1
-        .list_objects_all(BUCKET, "", None)
-        .await
-        .unwrap()
-        .objects
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
-    assert_eq!(keys, ["big.bin", "while-down.bin", "while-down.txt"]);
+    assert_eq!(
+        keys(&c1, BUCKET).await,
+        ["big.bin", "while-down.bin", "while-down.txt"]
+    );
 
     eprintln!(
         "cluster test: started {:.1}s, replicated {:.1}s, one node down {:.1}s, \

@@ -84,6 +84,28 @@ async fn chmod_and_utimes_on_a_stored_object_are_written_to_it() {
     );
 }
 
+/// Makes `dir/name` with `body`, `mode` and mtime `when`, and `cp -p`s it
+/// into the mount under the same name.
+fn cp_p_into(
+    m: &Mounted,
+    dir: &std::path::Path,
+    name: &str,
+    body: &[u8],
+    mode: u32,
+    when: SystemTime,
+) {
+    let src = dir.join(name);
+    std::fs::write(&src, body).unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    m.run(Command::new("cp").arg("-p").arg(&src).arg(m.path(name)));
+}
+
 /// cp -p sets mode and times on the open file before close: they go into
 /// the PutObject itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,22 +114,8 @@ async fn cp_p_keeps_mode_and_mtime() {
     let b = fresh_bucket(&c).await;
     let m = Mounted::bucket(&b);
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("script.sh");
-    std::fs::write(&src, data(3000, 1)).unwrap();
-    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o750)).unwrap();
     let when = UNIX_EPOCH + Duration::new(1_500_000_000, 123_456_789);
-    std::fs::File::options()
-        .write(true)
-        .open(&src)
-        .unwrap()
-        .set_modified(when)
-        .unwrap();
-    m.run(
-        Command::new("cp")
-            .arg("-p")
-            .arg(&src)
-            .arg(m.path("script.sh")),
-    );
+    cp_p_into(&m, dir.path(), "script.sh", &data(3000, 1), 0o750, when);
     let h = head_until(&c, &b, "script.sh", |h| meta(h, "mtime").is_some()).await;
     assert_eq!(meta(&h, "mtime"), Some("1500000000.123456789"));
     assert_eq!(
@@ -490,22 +498,8 @@ async fn s3fs_on_the_same_bucket_sees_cp_p_attributes() {
     let b = fresh_bucket(&c).await;
     let m = Mounted::bucket(&b);
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("tool.sh");
-    std::fs::write(&src, b"#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o751)).unwrap();
     let when = UNIX_EPOCH + Duration::from_secs(1_400_000_000);
-    std::fs::File::options()
-        .write(true)
-        .open(&src)
-        .unwrap()
-        .set_modified(when)
-        .unwrap();
-    m.run(
-        Command::new("cp")
-            .arg("-p")
-            .arg(&src)
-            .arg(m.path("tool.sh")),
-    );
+    cp_p_into(&m, dir.path(), "tool.sh", b"#!/bin/sh\n", 0o751, when);
     head_until(&c, &b, "tool.sh", |h| meta(h, "mtime").is_some()).await;
 
     // s3fs on the same bucket, in the foreground of a child process.

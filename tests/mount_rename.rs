@@ -12,19 +12,6 @@ use std::process::Command;
 
 const MIB: usize = 1024 * 1024;
 
-async fn keys(c: &Client, b: &str) -> Vec<String> {
-    let mut all: Vec<String> = c
-        .list_objects_all(b, "", None)
-        .await
-        .unwrap()
-        .objects
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
-    all.sort();
-    all
-}
-
 fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: u32) -> std::io::Result<()> {
     let f = CString::new(from.as_os_str().as_bytes()).unwrap();
     let t = CString::new(to.as_os_str().as_bytes()).unwrap();

@@ -74,6 +74,17 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
 
+/// CompleteMultipartUpload of one part against `s`, which must fail.
+fn complete_fails(s: &Canned, attempts: u32) -> S3Error {
+    rt().block_on(client(&s.url, attempts).complete_multipart_upload(
+        "b",
+        "k",
+        "u",
+        &[(1, "\"e\"".into())],
+    ))
+    .unwrap_err()
+}
+
 #[test]
 fn a_listing_that_repeats_its_token_is_an_error_not_a_loop() {
     let s = canned(
@@ -114,14 +125,7 @@ fn malformed_and_truncated_xml_are_clear_errors() {
         "",
         "<CompleteMultipartUploadResult><Location>l</Location><ETag>&quot;abc",
     );
-    let e = rt()
-        .block_on(client(&s.url, 1).complete_multipart_upload(
-            "b",
-            "k",
-            "u",
-            &[(1, "\"e\"".into())],
-        ))
-        .unwrap_err();
+    let e = complete_fails(&s, 1);
     assert!(matches!(e, S3Error::Malformed { .. }), "{e}");
 }
 
@@ -132,14 +136,7 @@ fn a_200_whose_body_is_an_error_fails_complete_after_bounded_retries() {
         "",
         "\n\n   <Error><Code>InternalError</Code><Message>We encountered an internal error.</Message><RequestId>r1</RequestId></Error>",
     );
-    let e = rt()
-        .block_on(client(&s.url, 3).complete_multipart_upload(
-            "b",
-            "k",
-            "u",
-            &[(1, "\"e\"".into())],
-        ))
-        .unwrap_err();
+    let e = complete_fails(&s, 3);
     assert_eq!(e.code(), Some("InternalError"), "{e}");
     assert_eq!(
         s.hits.load(Ordering::SeqCst),

@@ -57,6 +57,20 @@ pub async fn put_many(c: &Client, bucket: &str, prefix: &str, count: usize, body
     }
 }
 
+/// Every key of the bucket, sorted.
+pub async fn keys(c: &Client, b: &str) -> Vec<String> {
+    let mut all: Vec<String> = c
+        .list_objects_all(b, "", None)
+        .await
+        .unwrap()
+        .objects
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    all.sort();
+    all
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(seed);
