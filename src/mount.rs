@@ -231,23 +231,12 @@ pub fn prepare_mountpoint(dir: &Path) -> Result<(), String> {
     });
     match probe {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-                .map_err(|_| format!("{}: bad path", dir.display()))?;
-            // SAFETY: c is a valid NUL-terminated path.
-            let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            if rc != 0 {
-                let fallback = std::process::Command::new("fusermount3")
-                    .args(["-u", "-z"])
-                    .arg(dir)
-                    .status();
-                if !matches!(fallback, Ok(s) if s.success()) {
-                    return Err(format!(
-                        "{}: a dead mount is there and could not be cleared: {}",
-                        dir.display(),
-                        std::io::Error::last_os_error()
-                    ));
-                }
-            }
+            lazy_unmount(dir).map_err(|e| {
+                format!(
+                    "{}: a dead mount is there and could not be cleared: {e}",
+                    dir.display()
+                )
+            })?;
             tracing::info!(dir = %dir.display(), "cleared a dead mount left by a crashed daemon");
             prepare_mountpoint(dir)
         }
@@ -521,20 +510,22 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
                 Some(mut u) => u.unmount().err(),
                 None => None,
             };
-            if let Some(e) = busy {
+            match busy {
                 // Files are still open (their writers got EIO): detach the
                 // mount so the name is free, and leave; the kernel fails the
                 // remaining calls of those descriptors.
-                tracing::info!(error = %e, "unmount busy: detaching");
-                lazy_unmount(&dir);
-                journal.retire();
-                std::process::exit(0);
+                Some(e) => tracing::info!(error = %e, "unmount busy: detaching"),
+                // Unmounted: the session ends and main exits. A non-root
+                // unmount goes through fusermount, which may refuse
+                // quietly: do not wait for ever.
+                None => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    tracing::info!("session still running after unmount: detaching and exiting");
+                }
             }
-            // A non-root unmount goes through fusermount, which may refuse
-            // quietly: do not wait for ever.
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            tracing::info!("session still running after unmount: detaching and exiting");
-            lazy_unmount(&dir);
+            if let Err(e) = lazy_unmount(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not detach the mount");
+            }
             journal.retire();
             std::process::exit(0);
         });
@@ -554,22 +545,25 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
     r
 }
 
-/// umount2(MNT_DETACH), else `fusermount3 -u -z`; errors only logged.
-fn lazy_unmount(dir: &Path) {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return;
-    };
+/// Detaches the mount at `dir`: umount2(MNT_DETACH), else `fusermount3 -u
+/// -z` (what a user without CAP_SYS_ADMIN has); the umount2 error if both fail.
+fn lazy_unmount(dir: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: c is a valid NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return;
+        return Ok(());
     }
+    let err = std::io::Error::last_os_error();
     let ok = std::process::Command::new("fusermount3")
         .args(["-u", "-z"])
         .arg(dir)
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        tracing::warn!(dir = %dir.display(), "could not detach the mount");
+    if ok {
+        Ok(())
+    } else {
+        Err(err)
     }
 }
 
