@@ -103,7 +103,7 @@ impl S3Config {
         } else {
             host_needs_path_style(&endpoint)
         };
-        let (credentials, credentials_file) = load_credentials_with_source()?;
+        let (credentials, credentials_file) = load_credentials()?;
         Ok(S3Config {
             endpoint,
             extra_endpoints: endpoints,
@@ -153,14 +153,9 @@ pub fn host_needs_path_style(endpoint: &Url) -> bool {
 
 /// Credentials from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`,
 /// else from the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE` or
-/// `~/.aws/credentials`, profile `AWS_PROFILE` or `default`).
-pub fn load_credentials() -> Result<Credentials, S3Error> {
-    load_credentials_with_source().map(|(c, _)| c)
-}
-
-/// Credentials as [`load_credentials`], and the file and profile they came
-/// from when it was the credentials file.
-pub fn load_credentials_with_source() -> Result<(Credentials, Option<(PathBuf, String)>), S3Error> {
+/// `~/.aws/credentials`, profile `AWS_PROFILE` or `default`); with the file
+/// and profile when they came from the file (it is re-read when it changes).
+pub fn load_credentials() -> Result<(Credentials, Option<(PathBuf, String)>), S3Error> {
     if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
         return Ok((
             Credentials {
