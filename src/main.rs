@@ -493,7 +493,7 @@ fn normalize_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     if helper || !subcommand {
         out.push(OsString::from("mount"));
     }
-    let mut is_mount = helper || !subcommand || first.as_deref() == Some("mount");
+    let is_mount = helper || !subcommand || first.as_deref() == Some("mount");
     while let Some(a) = rest.next() {
         let s = a.to_string_lossy().into_owned();
         if helper && matches!(s.as_str(), "-n" | "-s" | "-v") {
@@ -505,9 +505,6 @@ fn normalize_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
         if helper && s == "-t" {
             rest.next();
             continue;
-        }
-        if s == "mount" && out.len() == 1 {
-            is_mount = true;
         }
         let spec = if is_mount && s == "-o" {
             rest.next().map(|v| v.to_string_lossy().into_owned())
