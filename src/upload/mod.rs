@@ -23,6 +23,16 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio::task::{JoinHandle, JoinSet};
 
+/// Runs a journal write (files fsync'ed) off the async workers, which keep
+/// answering FUSE requests meanwhile.
+async fn on_disk<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 /// Times Complete is sent when its outcome is unknown and the upload still exists.
 const COMPLETE_ATTEMPTS: u32 = 4;
 
@@ -174,10 +184,13 @@ impl Target {
         self.upload_id
             .get_or_try_init(|| async {
                 let entry = match &self.journal {
-                    Some(j) => Some(j.begin(&self.key).map_err(|e| {
-                        tracing::error!(key = %self.key, dir = %j.dir().display(), error = %e, "journal: cannot record an upload; refusing to start it");
-                        S3Error::Local(format!("journal {}: {e}", j.dir().display()))
-                    })?),
+                    Some(j) => {
+                        let (j2, key) = (j.clone(), self.key.clone());
+                        Some(on_disk(move || j2.begin(&key)).await.map_err(|e| {
+                            tracing::error!(key = %self.key, dir = %j.dir().display(), error = %e, "journal: cannot record an upload; refusing to start it");
+                            S3Error::Local(format!("journal {}: {e}", j.dir().display()))
+                        })?)
+                    }
                     None => None,
                 };
                 let created = self
@@ -190,7 +203,8 @@ impl Target {
                 match &created {
                     Ok(id) => {
                         let _ = self.entry.set(n);
-                        if let Err(e) = j.set_upload_id(n, id) {
+                        let (j2, id2) = (j.clone(), id.clone());
+                        if let Err(e) = on_disk(move || j2.set_upload_id(n, &id2)).await {
                             // The intent stays: the next mount finds the upload by listing.
                             tracing::warn!(key = %self.key, error = %e, "journal: cannot record the upload ID");
                         }
