@@ -1,6 +1,7 @@
 //! The kernel adapter: `impl fuser::Filesystem`. Decodes each request, moves
 //! its reply into a tokio task that calls the filesystem core, and encodes
-//! the answer. No S3 types and no decisions live here, and no FUSE worker
+//! the answer; lookups and getattrs that memory answers are replied to on
+//! the FUSE thread itself (a task costs a cross-thread wake-up). No S3 types and no decisions live here, and no FUSE worker
 //! thread ever blocks on the network or on memory.
 
 use crate::fs::inode::Kind;
@@ -123,8 +124,22 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = name.to_owned();
         let ttl = self.ttl;
+        // Known names are answered here, without a task (a hit may start
+        // the next statahead batch: a spawn, hence the runtime context).
+        let cached = {
+            let _rt = self.rt.enter();
+            self.fs.lookup_cached(parent.0, name)
+        };
+        match cached {
+            Some(Ok(a)) => {
+                self.fs.remember(a.ino);
+                return reply.entry(&ttl, &file_attr(&a), Generation(0));
+            }
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
+        }
+        let name = name.to_owned();
         let known = self.fs.clone();
         run!(
             self,
@@ -138,13 +153,11 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let ttl = self.ttl;
-        run!(
-            self,
-            reply,
-            |fs: Arc<Fs>| async move { fs.getattr(ino.0).await },
-            |a| reply.attr(&ttl, &file_attr(&a))
-        );
+        // Memory alone answers it: no task.
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn setattr(

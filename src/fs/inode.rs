@@ -91,6 +91,9 @@ pub struct Inode {
     pub head_misses: u32,
     /// For a directory: the names of its last listing, sorted.
     pub listing: Option<std::sync::Arc<Vec<String>>>,
+    /// For a directory: how far into `listing` statahead has scanned (names
+    /// before it were read, are being read, or are left to their lookups).
+    pub ahead_scanned: usize,
     /// A statahead HEAD for this name is on its way.
     pub ahead_pending: bool,
     /// Entry replies the kernel has not forgotten: while above 0 the kernel
@@ -168,6 +171,7 @@ impl Inode {
             link_target: None,
             head_misses: 0,
             listing: None,
+            ahead_scanned: 0,
             ahead_pending: false,
             lookups: 0,
             kids: 0,
@@ -179,7 +183,9 @@ impl Inode {
 #[derive(Debug)]
 pub struct InodeTable {
     inodes: HashMap<u64, Inode>,
-    children: HashMap<(u64, String), u64>,
+    /// Directory inode → child name → inode (nested, so a lookup by
+    /// `&str` allocates nothing).
+    children: HashMap<u64, HashMap<String, u64>>,
     next_ino: u64,
 }
 
@@ -208,9 +214,36 @@ impl InodeTable {
 
     /// The child called `name` of `parent`, if known.
     pub fn child(&self, parent: u64, name: &str) -> Option<&Inode> {
-        self.children
-            .get(&(parent, name.to_string()))
-            .and_then(|i| self.inodes.get(i))
+        self.child_ino(parent, name)
+            .and_then(|i| self.inodes.get(&i))
+    }
+
+    fn child_ino(&self, parent: u64, name: &str) -> Option<u64> {
+        self.children.get(&parent)?.get(name).copied()
+    }
+
+    /// Names `ino` as `name` in `parent`; returns the inode the name had.
+    fn insert_child(&mut self, parent: u64, name: &str, ino: u64) -> Option<u64> {
+        let replaced = self
+            .children
+            .entry(parent)
+            .or_default()
+            .insert(name.to_string(), ino);
+        if replaced.is_none() {
+            self.kid_count(parent, 1);
+        }
+        replaced
+    }
+
+    /// Unnames `name` in `parent`; returns the inode it had.
+    fn take_child(&mut self, parent: u64, name: &str) -> Option<u64> {
+        let names = self.children.get_mut(&parent)?;
+        let removed = names.remove(name)?;
+        if names.is_empty() {
+            self.children.remove(&parent);
+        }
+        self.kid_count(parent, -1);
+        Some(removed)
     }
 
     /// The key a child called `name` of directory `parent` has (a file's key;
@@ -237,7 +270,7 @@ impl InodeTable {
             Kind::Dir => format!("{pkey}{name}/"),
             _ => format!("{pkey}{name}"),
         };
-        let existing = self.children.get(&(parent, name.to_string())).copied();
+        let existing = self.child_ino(parent, name);
         let ino = match existing {
             Some(i) if self.inodes.get(&i).map(|n| n.kind) == Some(kind) => i,
             _ => {
@@ -247,13 +280,7 @@ impl InodeTable {
                     i,
                     Inode::new(i, parent, name, kind, key.clone(), SystemTime::now()),
                 );
-                if self
-                    .children
-                    .insert((parent, name.to_string()), i)
-                    .is_none()
-                {
-                    self.kid_count(parent, 1);
-                }
+                self.insert_child(parent, name, i);
                 i
             }
         };
@@ -265,11 +292,7 @@ impl InodeTable {
 
     /// Forgets the name `name` in `parent` (the inode stays while handles use it).
     pub fn remove_child(&mut self, parent: u64, name: &str) -> Option<u64> {
-        let removed = self.children.remove(&(parent, name.to_string()));
-        if removed.is_some() {
-            self.kid_count(parent, -1);
-        }
-        removed
+        self.take_child(parent, name)
     }
 
     fn kid_count(&mut self, parent: u64, delta: isize) {
@@ -317,10 +340,8 @@ impl InodeTable {
         }
         let (parent, name) = (i.parent, i.name.clone());
         self.inodes.remove(&ino);
-        let k = (parent, name);
-        if self.children.get(&k) == Some(&ino) {
-            self.children.remove(&k);
-            self.kid_count(parent, -1);
+        if self.child_ino(parent, &name) == Some(ino) {
+            self.take_child(parent, &name);
             if let Some(p) = self.inodes.get_mut(&parent) {
                 p.complete_until = None;
                 p.listing = None;
@@ -357,12 +378,8 @@ impl InodeTable {
         newname: &str,
     ) -> Option<u64> {
         let pkey = self.inodes.get(&newparent)?.key.clone();
-        let ino = self.children.remove(&(parent, name.to_string()))?;
-        self.kid_count(parent, -1);
-        let replaced = self.children.insert((newparent, newname.to_string()), ino);
-        if replaced.is_none() {
-            self.kid_count(newparent, 1);
-        }
+        let ino = self.take_child(parent, name)?;
+        let replaced = self.insert_child(newparent, newname, ino);
         let mut moved_dir = None;
         if let Some(i) = self.inodes.get_mut(&ino) {
             i.parent = newparent;
@@ -412,20 +429,31 @@ impl InodeTable {
             Ok(i) => i + 1,
             Err(i) => i,
         };
-        let picked: Vec<(u64, String, Kind, String)> = order[start..]
-            .iter()
-            .take(window)
-            .filter_map(|n| self.child(parent, n))
-            .filter(|i| {
-                i.version.is_none()
+        let end = (start + window).min(order.len());
+        let scanned = self.inodes.get(&parent).map_or(0, |p| p.ahead_scanned);
+        if scanned >= end {
+            return Vec::new(); // the reader is still inside what was read ahead
+        }
+        let mut picked: Vec<(u64, String, Kind, String)> = Vec::new();
+        let mut at = start.max(scanned);
+        while at < end && picked.len() < max {
+            if let Some(i) = self.child(parent, &order[at]) {
+                if i.version.is_none()
                     && !i.local
                     && i.writer.is_none()
                     && !i.attrs_pending
                     && !i.ahead_pending
-            })
-            .take(max)
-            .map(|i| (i.ino, i.name.clone(), i.kind, i.key.clone()))
-            .collect();
+                {
+                    picked.push((i.ino, i.name.clone(), i.kind, i.key.clone()));
+                }
+            }
+            at += 1;
+        }
+        // Readers go forward (ls, find, rsync): a name a jump passed over
+        // is not read ahead, its own lookup reads it.
+        if let Some(p) = self.inodes.get_mut(&parent) {
+            p.ahead_scanned = at;
+        }
         // Claimed: no other lookup sends the same HEADs meanwhile.
         for (ino, ..) in &picked {
             if let Some(i) = self.inodes.get_mut(ino) {
@@ -439,9 +467,10 @@ impl InodeTable {
     /// must show in listings and keep a directory non-empty).
     pub fn local_children(&self, parent: u64) -> Vec<&Inode> {
         self.children
-            .iter()
-            .filter(|((p, _), _)| *p == parent)
-            .filter_map(|(_, i)| self.inodes.get(i))
+            .get(&parent)
+            .into_iter()
+            .flat_map(|names| names.values())
+            .filter_map(|i| self.inodes.get(i))
             .filter(|i| i.local || i.writer.is_some())
             .collect()
     }
@@ -487,5 +516,43 @@ mod tests {
         assert_ne!(a, a3);
         assert_eq!(t.remove_child(ROOT, "a"), Some(a3));
         assert!(t.child(ROOT, "a").is_none());
+    }
+
+    #[test]
+    fn statahead_claims_each_name_once_and_skips_what_it_scanned() {
+        let mut t = InodeTable::new(String::new(), SystemTime::now());
+        let d = t.upsert_child(ROOT, "d", Kind::Dir, |_| {});
+        let names: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+        for n in &names {
+            t.upsert_child(d, n, Kind::File, |_| {});
+        }
+        assert_eq!(t.get(d).unwrap().kids, 10);
+        t.get_mut(d).unwrap().listing = Some(std::sync::Arc::new(names.clone()));
+        let keys = |v: &[(u64, String, Kind, String)]| -> Vec<String> {
+            v.iter().map(|c| c.3.clone()).collect()
+        };
+        // After f0: the next 4 names, claimed.
+        let first = t.unread_children(d, "f0", 4, 4);
+        assert_eq!(keys(&first), ["d/f1", "d/f2", "d/f3", "d/f4"]);
+        assert!(t.child(d, "f1").unwrap().ahead_pending);
+        // The reader inside the claimed window: nothing to add.
+        assert!(t.unread_children(d, "f1", 3, 4).is_empty());
+        // Further on: only the names not claimed yet.
+        assert_eq!(keys(&t.unread_children(d, "f2", 4, 4)), ["d/f5", "d/f6"]);
+        // A name whose read-ahead failed is offered again after a new listing.
+        t.get_mut(t.child(d, "f3").unwrap().ino)
+            .unwrap()
+            .ahead_pending = false;
+        assert!(t.unread_children(d, "f2", 4, 4).is_empty());
+        t.get_mut(d).unwrap().listing = Some(std::sync::Arc::new(names.clone()));
+        t.get_mut(d).unwrap().ahead_scanned = 0;
+        assert_eq!(keys(&t.unread_children(d, "f2", 4, 4)), ["d/f3"]);
+        // Moving and removing keep the child counts.
+        t.move_child(d, "f9", ROOT, "g");
+        assert_eq!((t.get(d).unwrap().kids, t.get(ROOT).unwrap().kids), (9, 2));
+        assert_eq!(t.child(ROOT, "g").unwrap().key, "g");
+        t.remove_child(d, "f8");
+        assert_eq!(t.get(d).unwrap().kids, 8);
+        assert!(t.child(d, "f8").is_none());
     }
 }

@@ -280,6 +280,20 @@ fn same_second(a: Option<SystemTime>, b: Option<SystemTime>) -> bool {
 }
 
 /// Checks a name given by a program: UTF-8, and short enough for S3.
+/// What memory alone knows of a name in a directory (see [`Fs::lookup`]).
+enum Cached {
+    /// Fresh attributes.
+    Hit(Attr),
+    /// Not in a complete, fresh listing of the directory.
+    Missing,
+    /// A directory seen in a fresh listing: its marker is still unread.
+    ListedDir(u64),
+    /// A file seen in a listing fresh until then: its metadata is unread.
+    ListedFile(Instant),
+    /// Nothing fresh: ask the server.
+    Unknown,
+}
+
 fn check_name(name: &OsStr) -> FsResult<&str> {
     let name = name.to_str().ok_or(FsError::IllegalName)?;
     if name.len() > MAX_NAME_LEN {
@@ -550,28 +564,12 @@ impl Fs {
                 }
             }
         }
-        let (listed_dir, listed_file) = {
-            let t = self.table();
-            let now = Instant::now();
-            match t.child(parent, name) {
-                Some(c) if c.local || c.writer.is_some() => return Ok(self.attr_of(c)),
-                Some(c) if c.valid_until > now && (c.version.is_some() || c.attrs_pending) => {
-                    let attr = self.attr_of(c);
-                    drop(t);
-                    self.prefetch_after(parent, name);
-                    return Ok(attr);
-                }
-                Some(c) if c.valid_until > now && c.kind == Kind::Dir => (Some(c.ino), None),
-                Some(c) if c.valid_until > now => (None, Some(c.valid_until)),
-                None if t
-                    .get(parent)
-                    .and_then(|p| p.complete_until)
-                    .is_some_and(|u| u > now) =>
-                {
-                    return Err(FsError::NotFound);
-                }
-                _ => (None, None),
-            }
+        let (listed_dir, listed_file) = match self.cached(parent, name) {
+            Cached::Hit(attr) => return Ok(attr),
+            Cached::Missing => return Err(FsError::NotFound),
+            Cached::ListedDir(ino) => (Some(ino), None),
+            Cached::ListedFile(until) => (None, Some(until)),
+            Cached::Unknown => (None, None),
         };
         if let Some(ino) = listed_dir {
             let ahead = self.statahead_candidates(parent, name);
@@ -634,6 +632,53 @@ impl Fs {
         self.record_file_head(parent, name, &key, head, valid_until)
     }
 
+    /// A lookup answered from memory alone, without waiting: the FUSE thread
+    /// tries this before handing the request to a task (a cross-thread
+    /// wake-up per name), so `ls -l` over a listed directory whose
+    /// attributes were read ahead costs no task per name. `None`: the name
+    /// needs the server, or a read-ahead of it is on its way.
+    pub fn lookup_cached(&self, parent: u64, name: &OsStr) -> Option<FsResult<Attr>> {
+        let name = check_name(name).ok()?;
+        if self
+            .table()
+            .child(parent, name)
+            .is_some_and(|c| c.ahead_pending)
+        {
+            return None;
+        }
+        match self.cached(parent, name) {
+            Cached::Hit(attr) => Some(Ok(attr)),
+            Cached::Missing => Some(Err(FsError::NotFound)),
+            Cached::ListedDir(_) | Cached::ListedFile(_) | Cached::Unknown => None,
+        }
+    }
+
+    /// What the inode table alone says of `name` in `parent`. A hit keeps
+    /// the statahead ahead of the reader.
+    fn cached(&self, parent: u64, name: &str) -> Cached {
+        let t = self.table();
+        let now = Instant::now();
+        let Some(p) = t.get(parent) else {
+            return Cached::Unknown;
+        };
+        if p.kind != Kind::Dir {
+            return Cached::Unknown;
+        }
+        match t.child(parent, name) {
+            Some(c) if c.local || c.writer.is_some() => Cached::Hit(self.attr_of(c)),
+            Some(c) if c.valid_until > now && (c.version.is_some() || c.attrs_pending) => {
+                let attr = self.attr_of(c);
+                drop(t);
+                self.prefetch_after(parent, name);
+                Cached::Hit(attr)
+            }
+            Some(c) if c.valid_until > now && c.kind == Kind::Dir => Cached::ListedDir(c.ino),
+            Some(c) if c.valid_until > now => Cached::ListedFile(c.valid_until),
+            None if p.complete_until.is_some_and(|u| u > now) => Cached::Missing,
+            _ => Cached::Unknown,
+        }
+    }
+
     /// Records what a HEAD of the file `name` in `parent` found and answers
     /// the lookup: its attributes, or ENOENT (forgetting a stored file that
     /// is gone).
@@ -673,9 +718,9 @@ impl Fs {
     }
 
     /// Attributes of an inode (cached; files being written show their current size).
-    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let i = self.inode(ino)?;
-        Ok(self.attr_of(&i))
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let t = self.table();
+        Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?))
     }
 
     /// Changes attributes. Mode, owner and times are kept by this mount (the
@@ -1186,6 +1231,7 @@ impl Fs {
             if let Some(d) = t.get_mut(ino) {
                 d.complete_until = Some(valid_until);
                 d.listing = Some(Arc::new(order));
+                d.ahead_scanned = 0;
             }
             let listed: std::collections::HashSet<String> =
                 entries.iter().map(|e| e.name.clone()).collect();

@@ -193,3 +193,52 @@ fn content_types_follow_names() {
         None
     );
 }
+
+/// `ls -l` over a listed directory: one HEAD per file (read ahead in
+/// batches), and once read ahead, names are answered from memory alone
+/// (the FUSE thread's path, no task); a name missing from the complete
+/// listing is ENOENT from memory, and an unread one needs the server.
+#[tokio::test]
+async fn listed_names_are_answered_from_memory_once_read_ahead() {
+    let store = Arc::new(MemoryStore::new());
+    let n = 3 * STATAHEAD;
+    for i in 0..n {
+        let k = format!("d/f{i:04}");
+        store.insert_object(&k, Bytes::from_static(b"123"), &PutOptions::default());
+    }
+    let fs = Fs::new(store.clone(), cfg());
+    let d = fs.lookup(fs.root(), OsStr::new("d")).await.unwrap();
+    let listed = names(&fs, d.ino).await;
+    assert_eq!(listed.len(), n + 2);
+    assert!(
+        fs.lookup_cached(d.ino, OsStr::new("f0000")).is_none(),
+        "not read yet"
+    );
+    assert!(matches!(
+        fs.lookup_cached(d.ino, OsStr::new("nope")),
+        Some(Err(FsError::NotFound))
+    ));
+    let heads = store.calls(Op::HeadObject);
+    let mut from_memory = 0;
+    for name in listed.iter().skip(2) {
+        let a = match fs.lookup_cached(d.ino, OsStr::new(name)) {
+            Some(r) => {
+                from_memory += 1;
+                r.unwrap()
+            }
+            None => fs.lookup(d.ino, OsStr::new(name)).await.unwrap(),
+        };
+        assert_eq!(a.size, 3, "{name}");
+        // Let a background statahead batch land, as a slower reader would.
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        store.calls(Op::HeadObject) - heads,
+        n as u64,
+        "one HEAD per file"
+    );
+    assert!(
+        from_memory >= n / 2,
+        "{from_memory} of {n} answered from memory"
+    );
+}
