@@ -11,6 +11,8 @@
 #   cp -r      cp -r of 500 files of 4 KiB
 #   rsync -a   rsync -a of the same 500 files
 #   list       a directory of 10,000 objects on a fresh mount: ls -l, and find
+#              (bucketfs-listing: ls -l again with --attrs-from-listing, no
+#              HEAD per object)
 #   write 3G   bucketfs only: peak RSS against the 1 GiB copy
 #   bucketfs-signed: the 1 GiB write again with --payload-signing signed
 #   (SHA-256 of every body) against the default UNSIGNED-PAYLOAD + Content-MD5
@@ -41,7 +43,7 @@ while (($#)); do
         --quick) big=$((256 * 1024 * 1024)) ;;
         --only) only="$2"; shift ;;
         --workloads) workloads="$2"; shift ;;
-        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h | --help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -100,6 +102,7 @@ start_daemon() {
         bucketfs*)
             local extra=()
             [[ "$tool" == bucketfs-signed ]] && extra=(--payload-signing signed)
+            [[ "$tool" == bucketfs-listing ]] && extra=(--attrs-from-listing)
             [[ "$tool" == bucketfs-proxy* ]] && extra=("${proxy_args[@]}")
             # shellcheck disable=SC2086 # word splitting of the extra arguments is wanted
             "$bin" mount "$bucket" "$mnt" --foreground "${extra[@]}" ${BUCKETFS_BENCH_ARGS:-} 2>"$work/$tool.log" &
@@ -236,6 +239,9 @@ for tool in bucketfs s3fs rclone; do
     wants "$tool" || continue
     if does list; then
         mount_run "$tool" bench-list "ls -l 10k" "lines_ok 10001" -- ls -l big
+        if [[ "$tool" == bucketfs ]]; then
+            mount_run bucketfs-listing bench-list "ls -l 10k" "lines_ok 10001" -- ls -l big
+        fi
         mount_run "$tool" bench-list "find 10k" "lines_ok 10001" -- find big
     fi
     b="bench-$tool"

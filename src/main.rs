@@ -151,6 +151,14 @@ struct MountArgs {
     /// How long listings and attributes are trusted, e.g. 1s, 500ms
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     metadata_ttl: Duration,
+    /// Take listed files' attributes from the listing (size, Last-Modified
+    /// as mtime, default mode and owner) instead of one HEAD each for
+    /// x-amz-meta-* metadata: `ls -l` of a big directory costs a few LISTs.
+    /// Mode, owner, mtime and symlinks stored by bucketfs, s3fs or rclone
+    /// are then not shown for listed files, so do not use it as an `rsync
+    /// -a` target (its quick check compares mtimes)
+    #[arg(long)]
+    attrs_from_listing: bool,
     /// Largest read-ahead window of one open file
     #[arg(long, default_value = "64MiB", value_parser = parse_size_arg)]
     max_readahead: u64,
@@ -315,6 +323,7 @@ fn mount(args: MountArgs, s3: &S3Args) -> anyhow::Result<()> {
         memory_limit: args.memory_limit,
         fuse_threads: args.fuse_threads.max(1),
         metadata_ttl: args.metadata_ttl,
+        attrs_from_listing: args.attrs_from_listing,
         max_readahead: args.max_readahead,
         state_dir: args
             .state_dir

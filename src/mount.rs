@@ -37,6 +37,8 @@ pub struct MountOptions {
     pub memory_limit: u64,
     pub fuse_threads: usize,
     pub metadata_ttl: Duration,
+    /// Trust listings for attributes: no HEAD per listed file.
+    pub attrs_from_listing: bool,
     pub max_readahead: u64,
     /// Where the crash journal and the status socket live.
     pub state_dir: PathBuf,
@@ -412,6 +414,7 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             max_readahead: o.max_readahead,
             read_budget: Budget::new(plan.read_budget),
             max_inodes: crate::fs::MAX_INODES,
+            attrs_from_listing: o.attrs_from_listing,
         };
         tracing::info!(
             memory_limit = o.memory_limit,
@@ -590,6 +593,7 @@ mod tests {
             memory_limit: 256 << 20,
             fuse_threads: 2,
             metadata_ttl: Duration::from_secs(1),
+            attrs_from_listing: false,
             max_readahead: 64 << 20,
             state_dir: "/tmp/state".into(),
             shutdown_grace: Duration::from_secs(30),

@@ -32,6 +32,7 @@ fn fs_config() -> FsConfig {
         max_readahead: 64 << 20,
         read_budget: Budget::new(64 << 20),
         max_inodes: bucketfs::fs::MAX_INODES,
+        attrs_from_listing: false,
     }
 }
 

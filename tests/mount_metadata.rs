@@ -557,3 +557,80 @@ async fn s3fs_on_the_same_bucket_sees_cp_p_attributes() {
     assert_eq!(md.mode() & 0o7777, 0o700, "mode s3fs set, through bucketfs");
     assert_eq!(md.modified().unwrap(), when, "mtime kept by s3fs's chmod");
 }
+
+/// `--attrs-from-listing`: `ls -l` of a listed directory sends no HEAD
+/// (the default sends one per file, for `x-amz-meta-*`); listed files show
+/// the listing's size and Last-Modified with the default mode; a rename
+/// reads the metadata first, so the copy keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attrs_from_listing_lists_without_heads() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    put_many(&c, &b, "d/p", 20, b"plain").await;
+    let mut opts = PutOptions::default();
+    opts.metadata
+        .insert("mode".into(), (libc::S_IFREG | 0o600).to_string());
+    opts.metadata.insert("mtime".into(), "1600000000".into());
+    c.put_object(&b, "d/meta", "meta!".into(), None, &opts)
+        .await
+        .unwrap();
+    let listed_at = c.head_object(&b, "d/meta").await.unwrap().last_modified;
+    let proxy = common::proxy::FaultProxy::start(&require_env("AWS_ENDPOINT_URL"));
+    let url = proxy.url();
+    let heads = |p: &common::proxy::FaultProxy| {
+        p.heads()
+            .iter()
+            .filter(|h| h.starts_with(&format!("HEAD /{b}/d/")))
+            .filter(|h| !h.starts_with(&format!("HEAD /{b}/d/ "))) // the marker
+            .count()
+    };
+    let ls = |m: &Mounted| {
+        let out = m.run(Command::new("ls").arg("-ln").arg(m.path("d")));
+        assert_eq!(out.lines().count(), 22, "{out}");
+        out
+    };
+
+    // The default: one HEAD per file, and the stored mode shows.
+    {
+        let m = Mounted::new(&b, &["--endpoint-url", &url], &[]);
+        let out = ls(&m);
+        assert!(out.contains("-rw------- 1"), "{out}");
+        assert_eq!(heads(&proxy), 21);
+    }
+
+    let before = heads(&proxy);
+    let m = Mounted::new(&b, &["--endpoint-url", &url, "--attrs-from-listing"], &[]);
+    let out = ls(&m);
+    assert_eq!(
+        heads(&proxy) - before,
+        0,
+        "no HEAD for a listed file:\n{out}"
+    );
+    let md = std::fs::metadata(m.path("d/meta")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o644, "the default mode");
+    assert_eq!(md.len(), 5);
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(
+        secs(md.modified().unwrap()),
+        secs(listed_at.unwrap()),
+        "mtime is Last-Modified"
+    );
+    assert_eq!(std::fs::read(m.path("d/p00007")).unwrap(), b"plain");
+
+    m.run(
+        Command::new("mv")
+            .arg(m.path("d/meta"))
+            .arg(m.path("d/moved")),
+    );
+    let h = c.head_object(&b, "d/moved").await.unwrap();
+    assert_eq!(
+        meta(&h, "mode"),
+        Some(&*(libc::S_IFREG | 0o600).to_string())
+    );
+    assert_eq!(meta(&h, "mtime"), Some("1600000000"), "kept by the rename");
+    assert!(c
+        .head_object(&b, "d/meta")
+        .await
+        .unwrap_err()
+        .is_not_found());
+}

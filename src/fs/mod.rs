@@ -47,6 +47,10 @@ pub struct FsConfig {
     /// Inodes kept beyond those the kernel knows (names listings brought in
     /// are dropped past this, except the directory being listed).
     pub max_inodes: usize,
+    /// Files and directories seen in a listing take their attributes from
+    /// it (size, Last-Modified, default mode and owner), without a HEAD of
+    /// each for `x-amz-meta-*` (`--attrs-from-listing`).
+    pub attrs_from_listing: bool,
 }
 
 /// The default of [`FsConfig::max_inodes`]: about 40 MiB of metadata.
@@ -1174,6 +1178,9 @@ impl Fs {
                     i.valid_until = valid_until;
                     if i.version.is_none() && !i.attrs_pending {
                         i.mtime = self.mounted_at;
+                        if self.cfg.attrs_from_listing {
+                            i.version = Some((String::new(), None)); // marker unread
+                        }
                     }
                 });
                 entries.push(DirEntry {
@@ -1211,7 +1218,12 @@ impl Fs {
                         i.gid = None;
                         i.rdev = 0;
                         i.stored = None;
-                        i.version = None;
+                        // Unread metadata: the first lookup HEADs it,
+                        // unless the listing is to be trusted.
+                        i.version = self
+                            .cfg
+                            .attrs_from_listing
+                            .then(|| (o.etag.clone(), o.last_modified));
                         i.link_target = None;
                     }
                     i.valid_until = valid_until;
@@ -2124,6 +2136,22 @@ impl Fs {
         if src.key == dst_key {
             return Ok(());
         }
+        // Attributes that came from a listing (--attrs-from-listing): the
+        // object's metadata and storage class are read now, so that the
+        // copy keeps them.
+        let src = if src.stored.is_none() {
+            let h = self.store.head_object(&src.key).await?;
+            let mut t = self.table();
+            let i = t.get_mut(src.ino).ok_or(FsError::NotFound)?;
+            if !i.attrs_pending {
+                fill_from_head(i, &h, self.mounted_at);
+            } else {
+                i.stored = Some(StoredMeta::of_head(&h));
+            }
+            i.clone()
+        } else {
+            src
+        };
         // Attributes set since the file was stored (rsync sets them on its
         // temporary file just before the rename) travel with this copy.
         let pending = src.attrs_pending;

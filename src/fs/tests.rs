@@ -26,6 +26,7 @@ fn cfg() -> FsConfig {
         max_readahead: 8 << 20,
         read_budget: crate::upload::budget::Budget::new(16 << 20),
         max_inodes: MAX_INODES,
+        attrs_from_listing: false,
     }
 }
 
