@@ -409,6 +409,7 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
                 budget: Budget::new(plan.write_budget),
                 memory_wait: MEMORY_WAIT,
                 journal: Some(journal.clone()),
+                max_copy_object: crate::upload::MAX_COPY_OBJECT,
             },
             metadata_ttl: o.metadata_ttl,
             max_readahead: o.max_readahead,

@@ -879,23 +879,23 @@ impl Fs {
                 }
             };
         }
-        if i.size > crate::s3::memory::MAX_SINGLE_SIZE {
-            tracing::warn!(key = %i.key, size = i.size, "attributes of objects over 5 GiB are not stored yet (needs a multipart copy)");
-            if let Some(n) = self.table().get_mut(ino) {
-                n.attrs_pending = false;
-            }
-            return Ok(());
-        }
         // Cleared first: a change while the copy runs sets it again.
         if let Some(n) = self.table().get_mut(ino) {
             n.attrs_pending = false;
         }
         let result = async {
             let opts = self.replace_options(&i).await?;
-            let etag = self
-                .store
-                .copy_object(&i.key, &i.key, &MetadataDirective::Replace(opts.clone()))
-                .await?;
+            let etag = if i.size > self.cfg.upload.max_copy_object {
+                // Past CopyObject's limit: a multipart copy onto itself
+                // (the server copies the bytes; the object is replaced at
+                // Complete).
+                self.copy_large(&i.key, &i.key, i.size, opts.clone())
+                    .await?
+            } else {
+                self.store
+                    .copy_object(&i.key, &i.key, &MetadataDirective::Replace(opts.clone()))
+                    .await?
+            };
             Ok::<_, FsError>((etag, opts))
         }
         .await;
@@ -1907,7 +1907,7 @@ impl Fs {
             let results = futures_util::future::join_all(chunk.iter().map(|(k, size)| {
                 let to = new_key(k);
                 async move {
-                    let r = if *size > crate::upload::MAX_COPY_OBJECT {
+                    let r = if *size > self.cfg.upload.max_copy_object {
                         match self.store.head_object(k).await {
                             Ok(h) => {
                                 let opts = StoredMeta::of_head(&h).to_options();
@@ -2161,7 +2161,7 @@ impl Fs {
             }
         }
         let copied = async {
-            if src.size > crate::upload::MAX_COPY_OBJECT {
+            if src.size > self.cfg.upload.max_copy_object {
                 // Over CopyObject's limit: UploadPartCopy ranges, a few at a time.
                 let mut opts = self.replace_options(&src).await?;
                 if let Some(t) =

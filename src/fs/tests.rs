@@ -243,3 +243,78 @@ async fn listed_names_are_answered_from_memory_once_read_ahead() {
         "{from_memory} of {n} answered from memory"
     );
 }
+
+/// chmod and utimes of an object past CopyObject's limit (5 GiB on S3; a
+/// 12 MiB limit here, which the store enforces) are written by a multipart
+/// copy of the object onto itself: same bytes, Content-Type and other
+/// metadata kept, the new mode and mtime stored, no upload left over.
+#[tokio::test]
+async fn attributes_of_an_object_past_the_copy_limit_use_a_multipart_copy() {
+    const LIMIT: u64 = 12 << 20;
+    let store = Arc::new(MemoryStore::with_limits(1, LIMIT));
+    let body = Bytes::from(
+        (0..20u32 << 20)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let mut opts = PutOptions {
+        content_type: Some("video/mp4".into()),
+        ..PutOptions::default()
+    };
+    opts.metadata.insert("color".into(), "blue".into());
+    store.insert_object("big.mp4", body.clone(), &opts);
+    let mut c = cfg();
+    c.upload.max_copy_object = LIMIT;
+    let fs = Fs::new(store.clone(), c);
+    let a = fs.lookup(fs.root(), OsStr::new("big.mp4")).await.unwrap();
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let set = SetAttr {
+        mode: Some(0o600),
+        uid: None,
+        gid: None,
+        size: None,
+        atime: None,
+        mtime: Some(when),
+    };
+    fs.setattr(a.ino, None, set).await.unwrap();
+    fs.persist_attrs(a.ino).await.unwrap();
+
+    assert_eq!(store.calls(Op::CopyObject), 0, "CopyObject refuses it");
+    assert!(store.calls(Op::UploadPartCopy) >= 1);
+    assert_eq!(
+        store.calls(Op::UploadPart),
+        0,
+        "no bytes through this machine"
+    );
+    let o = store.object("big.mp4").unwrap();
+    assert_eq!(o.body, body);
+    assert_eq!(o.content_type, "video/mp4");
+    assert_eq!(o.metadata.get("color").map(String::as_str), Some("blue"));
+    let mode = (libc::S_IFREG | 0o600).to_string();
+    assert_eq!(o.metadata.get("mode"), Some(&mode));
+    assert_eq!(
+        o.metadata.get("mtime").map(String::as_str),
+        Some("1600000000")
+    );
+    assert!(store.uploads().is_empty());
+    assert_eq!(fs.getattr(a.ino).unwrap().perm, 0o600);
+
+    // A rename of it is a multipart copy too, keeping all of that.
+    let copies = store.calls(Op::UploadPartCopy);
+    fs.rename(
+        fs.root(),
+        OsStr::new("big.mp4"),
+        fs.root(),
+        OsStr::new("moved.mp4"),
+        0,
+    )
+    .await
+    .unwrap();
+    assert!(store.calls(Op::UploadPartCopy) > copies);
+    assert_eq!(store.calls(Op::CopyObject), 0);
+    let o = store.object("moved.mp4").unwrap();
+    assert_eq!((o.body, o.metadata.get("mode")), (body, Some(&mode)));
+    assert_eq!(o.content_type, "video/mp4");
+    assert!(store.object("big.mp4").is_none());
+    assert!(store.uploads().is_empty());
+}

@@ -54,6 +54,10 @@ pub struct UploadConfig {
     /// Where multipart uploads are written down before they start, so a
     /// crash leaves nothing the next mount cannot abort.
     pub journal: Option<Arc<Journal>>,
+    /// Largest object one CopyObject copies ([`MAX_COPY_OBJECT`], S3's
+    /// limit); larger ones are copied by UploadPartCopy ranges. Tests lower
+    /// it to exercise that path without 5 GiB objects.
+    pub max_copy_object: u64,
 }
 
 impl UploadConfig {
@@ -66,6 +70,7 @@ impl UploadConfig {
             budget: Budget::new(u64::MAX),
             memory_wait: MEMORY_WAIT,
             journal: None,
+            max_copy_object: MAX_COPY_OBJECT,
         }
     }
 }
@@ -986,7 +991,7 @@ impl Upload {
         let store = self.target.store.clone();
         let key = self.target.key.clone();
         let whole = store.head_object(src).await.map(|h| h.size == n);
-        if n <= MAX_COPY_OBJECT && matches!(whole, Ok(true)) {
+        if n <= self.cfg.max_copy_object && matches!(whole, Ok(true)) {
             let d = crate::s3::MetadataDirective::Replace(self.target.opts.clone());
             return match store.copy_object(src, &key, &d).await {
                 Ok(etag) => Ok(Finished {
