@@ -283,7 +283,6 @@ fn same_second(a: Option<SystemTime>, b: Option<SystemTime>) -> bool {
     secs(a) == secs(b)
 }
 
-/// Checks a name given by a program: UTF-8, and short enough for S3.
 /// What memory alone knows of a name in a directory (see [`Fs::lookup`]).
 enum Cached {
     /// Fresh attributes.
@@ -298,6 +297,7 @@ enum Cached {
     Unknown,
 }
 
+/// Checks a name given by a program: UTF-8, and short enough for S3.
 fn check_name(name: &OsStr) -> FsResult<&str> {
     let name = name.to_str().ok_or(FsError::IllegalName)?;
     if name.len() > MAX_NAME_LEN {
@@ -767,17 +767,19 @@ impl Fs {
                 }
                 None if size == inode.size => {}
                 None if size == 0 => {
+                    // The empty object keeps the file's Content-Type, mode,
+                    // owner and other metadata; its mtime becomes now.
+                    let mut emptied = inode.clone();
+                    emptied.mtime_set = false;
+                    let opts = self.replace_options(&emptied).await?;
                     let etag = self
                         .store
-                        .put_object(
-                            &inode.key,
-                            bytes::Bytes::new(),
-                            None,
-                            &PutOptions::default(),
-                        )
+                        .put_object(&inode.key, bytes::Bytes::new(), None, &opts)
                         .await?;
                     if let Some(i) = self.table().get_mut(ino) {
-                        i.etag = Some(etag);
+                        i.etag = Some(etag.clone());
+                        i.version = Some((etag, None));
+                        i.stored = Some(StoredMeta::of_options(&opts));
                     }
                 }
                 None => {

@@ -318,3 +318,38 @@ async fn attributes_of_an_object_past_the_copy_limit_use_a_multipart_copy() {
     assert!(store.object("big.mp4").is_none());
     assert!(store.uploads().is_empty());
 }
+
+/// `truncate -s 0` of a stored file stores an empty object that keeps the
+/// file's Content-Type, mode and other metadata (only its mtime is new).
+#[tokio::test]
+async fn truncating_a_stored_file_to_zero_keeps_its_metadata() {
+    let store = Arc::new(MemoryStore::new());
+    let mut opts = PutOptions {
+        content_type: Some("text/csv".into()),
+        ..PutOptions::default()
+    };
+    opts.metadata.insert("color".into(), "blue".into());
+    opts.metadata
+        .insert("mode".into(), (libc::S_IFREG | 0o640).to_string());
+    opts.metadata.insert("mtime".into(), "1600000000".into());
+    store.insert_object("t.csv", Bytes::from_static(b"a,b\n1,2\n"), &opts);
+    let fs = Fs::new(store.clone(), cfg());
+    let a = fs.lookup(fs.root(), OsStr::new("t.csv")).await.unwrap();
+    let set = SetAttr {
+        mode: None,
+        uid: None,
+        gid: None,
+        size: Some(0),
+        atime: None,
+        mtime: None,
+    };
+    let after = fs.setattr(a.ino, None, set).await.unwrap();
+    assert_eq!((after.size, after.perm), (0, 0o640));
+    let o = store.object("t.csv").unwrap();
+    assert!(o.body.is_empty());
+    assert_eq!(o.content_type, "text/csv");
+    assert_eq!(o.metadata.get("color").map(String::as_str), Some("blue"));
+    let mode = (libc::S_IFREG | 0o640).to_string();
+    assert_eq!(o.metadata.get("mode"), Some(&mode));
+    assert_eq!(o.metadata.get("mtime"), None, "the old mtime is gone");
+}
