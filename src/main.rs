@@ -132,8 +132,9 @@ struct MountArgs {
     #[arg(long, default_value_t = 4)]
     max_parts_in_flight: usize,
     /// Memory for all buffers: 3/4 for parts being written or sent (writers
-    /// wait when it is full), 1/4 for read-ahead. It caps the largest part and
-    /// so the largest file (256MiB: 1.03 TiB; see docs/SEMANTICS.md)
+    /// wait when it is full), 1/4 for read-ahead. A part must fit in it, so
+    /// it caps --max-part-size and with it the largest file (defaults:
+    /// 1.03 TiB; see docs/SEMANTICS.md)
     #[arg(long, default_value = "256MiB", value_parser = parse_size_arg)]
     memory_limit: u64,
     /// Owner shown for files and directories [default: the mounting user]

@@ -207,7 +207,9 @@ async fn a_write_past_the_largest_file_is_efbig_naming_the_flag() {
     assert!(close(f).is_err(), "the file failed");
     let log = m.log();
     assert!(
-        log.contains("huge.bin") && log.contains("--memory-limit"),
+        log.contains("huge.bin")
+            && log.contains("--max-part-size")
+            && log.contains("--memory-limit"),
         "{log}"
     );
     assert!(c

@@ -88,7 +88,7 @@ pub enum UploadError {
     IntoSentPart { offset: u64, part: u32, size: u64 },
     /// The file would exceed what 10,000 parts of the schedule hold.
     #[error(
-        "file would reach {end} bytes; the largest file with this part schedule and --memory-limit is {max} bytes"
+        "file would reach {end} bytes; the largest file this mount allows is {max} bytes (10,000 parts growing to --max-part-size: raise it, and --memory-limit so that 3/4 of it holds such a part)"
     )]
     TooLarge { end: u64, max: u64 },
     /// The memory budget stayed full for the whole wait.
