@@ -186,8 +186,15 @@ pub struct InodeTable {
     /// Directory inode → child name → inode (nested, so a lookup by
     /// `&str` allocates nothing).
     children: HashMap<u64, HashMap<String, u64>>,
+    /// Names the server said do not exist, until when that is trusted
+    /// (rsync's temporary names, rename targets): the most recent
+    /// [`NEGATIVE_NAMES`]. A name that comes into the table leaves it.
+    negative: lru::LruCache<(u64, String), Instant>,
     next_ino: u64,
 }
+
+/// Names the negative cache holds.
+pub const NEGATIVE_NAMES: usize = 4096;
 
 impl InodeTable {
     /// A table holding only the root, whose key prefix is `root_key`.
@@ -200,6 +207,9 @@ impl InodeTable {
         InodeTable {
             inodes,
             children: HashMap::new(),
+            negative: lru::LruCache::new(
+                std::num::NonZeroUsize::new(NEGATIVE_NAMES).expect("not zero"),
+            ),
             next_ino: ROOT + 1,
         }
     }
@@ -222,8 +232,26 @@ impl InodeTable {
         self.children.get(&parent)?.get(name).copied()
     }
 
+    /// The server said `name` is not in `parent`: trusted until `until`
+    /// unless the name comes into the table (create, rename, a listing).
+    pub fn note_missing(&mut self, parent: u64, name: &str, until: Instant) {
+        if self.child_ino(parent, name).is_none() {
+            self.negative.put((parent, name.to_string()), until);
+        }
+    }
+
+    /// Whether the server said lately that `name` is not in `parent`.
+    pub fn known_missing(&self, parent: u64, name: &str, now: Instant) -> bool {
+        self.negative
+            .peek(&(parent, name.to_string()))
+            .is_some_and(|until| *until > now)
+    }
+
     /// Names `ino` as `name` in `parent`; returns the inode the name had.
     fn insert_child(&mut self, parent: u64, name: &str, ino: u64) -> Option<u64> {
+        if !self.negative.is_empty() {
+            self.negative.pop(&(parent, name.to_string()));
+        }
         let replaced = self
             .children
             .entry(parent)

@@ -679,6 +679,7 @@ impl Fs {
             Some(c) if c.valid_until > now && c.kind == Kind::Dir => Cached::ListedDir(c.ino),
             Some(c) if c.valid_until > now => Cached::ListedFile(c.valid_until),
             None if p.complete_until.is_some_and(|u| u > now) => Cached::Missing,
+            None if t.known_missing(parent, name, now) => Cached::Missing,
             _ => Cached::Unknown,
         }
     }
@@ -712,6 +713,7 @@ impl Fs {
                 {
                     t.remove_child(parent, name);
                 }
+                t.note_missing(parent, name, valid_until);
                 Err(FsError::NotFound)
             }
             Err(e) => {
@@ -1268,7 +1270,7 @@ impl Fs {
     /// than the HEAD and LIST a lookup of an unknown name costs.
     fn should_relist(&self, parent: u64, name: &str) -> bool {
         let t = self.table();
-        if t.child(parent, name).is_some() {
+        if t.child(parent, name).is_some() || t.known_missing(parent, name, Instant::now()) {
             return false;
         }
         t.get(parent).is_some_and(|p| {

@@ -353,3 +353,54 @@ async fn truncating_a_stored_file_to_zero_keeps_its_metadata() {
     assert_eq!(o.metadata.get("mode"), Some(&mode));
     assert_eq!(o.metadata.get("mtime"), None, "the old mtime is gone");
 }
+
+/// A name the server said is absent is trusted for the TTL (rsync looks
+/// up each temporary and final name, and the rename looks up its target):
+/// the second lookup sends nothing, a create here makes the name exist at
+/// once, and after the TTL the server is asked again.
+#[tokio::test]
+async fn absent_names_are_remembered_for_the_ttl() {
+    let store = Arc::new(MemoryStore::new());
+    store.insert_object("d/x", Bytes::from_static(b"1"), &PutOptions::default());
+    let mut c = cfg();
+    c.metadata_ttl = Duration::from_millis(300);
+    let fs = Fs::new(store.clone(), c);
+    let d = fs.lookup(fs.root(), OsStr::new("d")).await.unwrap().ino;
+    let asked = || store.calls(Op::HeadObject) + store.calls(Op::ListObjects);
+    let before = asked();
+    let absent = |n: &'static str| {
+        let fs = &fs;
+        async move { fs.lookup(d, OsStr::new(n)).await }
+    };
+    assert!(matches!(absent("new").await, Err(FsError::NotFound)));
+    let first = asked() - before;
+    assert!(first >= 1);
+    assert!(matches!(absent("new").await, Err(FsError::NotFound)));
+    assert!(matches!(
+        fs.lookup_cached(d, OsStr::new("new")),
+        Some(Err(FsError::NotFound))
+    ));
+    assert_eq!(asked() - before, first, "answered from memory");
+
+    let (_, fh) = fs.create(d, OsStr::new("new"), 0o644, 1).await.unwrap();
+    assert!(
+        fs.lookup(d, OsStr::new("new")).await.is_ok(),
+        "created here"
+    );
+    fs.flush(fh, 1).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert!(store.object("d/new").is_some());
+
+    assert!(matches!(absent("other").await, Err(FsError::NotFound)));
+    store.insert_object("d/other", Bytes::from_static(b"2"), &PutOptions::default());
+    assert!(
+        matches!(absent("other").await, Err(FsError::NotFound)),
+        "cached"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        absent("other").await.unwrap().size,
+        1,
+        "asked again after the TTL"
+    );
+}
