@@ -2096,11 +2096,10 @@ impl Fs {
         Ok(g.body.to_vec())
     }
 
-    /// Renames a stored file: CopyObject to the new key (metadata kept),
-    /// then DeleteObject of the old one; an existing target file is
-    /// replaced unless `RENAME_NOREPLACE`. Directories, files over 5 GiB
-    /// (CopyObject's limit) and `RENAME_EXCHANGE` get `EXDEV`/`EINVAL`, so
-    /// `mv` falls back to copying.
+    /// Renames a stored file: CopyObject to the new key (metadata kept;
+    /// past 5 GiB a multipart copy), then DeleteObject of the old one; an
+    /// existing target file is replaced unless `RENAME_NOREPLACE`.
+    /// Directories go to [`Fs::rename_dir`]; `RENAME_EXCHANGE` gets `EINVAL`.
     pub async fn rename(
         &self,
         parent: u64,
