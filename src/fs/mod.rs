@@ -2099,7 +2099,7 @@ impl Fs {
     /// Renames a stored file: CopyObject to the new key (metadata kept;
     /// past 5 GiB a multipart copy), then DeleteObject of the old one; an
     /// existing target file is replaced unless `RENAME_NOREPLACE`.
-    /// Directories go to [`Fs::rename_dir`]; `RENAME_EXCHANGE` gets `EINVAL`.
+    /// Directories move key by key (`rename_dir`); `RENAME_EXCHANGE` gets `EINVAL`.
     pub async fn rename(
         &self,
         parent: u64,
