@@ -634,3 +634,58 @@ async fn attrs_from_listing_lists_without_heads() {
         .unwrap_err()
         .is_not_found());
 }
+
+/// Standard headers a REPLACE copy would drop (Cache-Control,
+/// Content-Encoding, Content-Disposition, Content-Language) survive chmod
+/// (a copy onto itself) and a rename that changes the Content-Type; checked
+/// with HEAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_keep_cache_control_and_content_encoding() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let opts = PutOptions {
+        extra_headers: vec![
+            ("Cache-Control".into(), "max-age=60".into()),
+            ("Content-Encoding".into(), "gzip".into()),
+            ("Content-Disposition".into(), "attachment".into()),
+            ("Content-Language".into(), "fr".into()),
+        ],
+        ..PutOptions::default()
+    };
+    c.put_object(&b, ".page.Xy12", "gz".into(), None, &opts)
+        .await
+        .unwrap();
+    let m = Mounted::bucket(&b);
+    std::fs::set_permissions(m.path(".page.Xy12"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mode = (libc::S_IFREG | 0o600).to_string();
+    let h = head_until(&c, &b, ".page.Xy12", |h| meta(h, "mode") == Some(&*mode)).await;
+    let kept = |h: &ObjectHead, what: &str| {
+        for (name, value) in &opts.extra_headers {
+            let got = h
+                .system
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str());
+            assert_eq!(
+                got,
+                Some(value.as_str()),
+                "{what}: {name} in {:?}",
+                h.system
+            );
+        }
+    };
+    kept(&h, "chmod");
+    m.run(
+        Command::new("mv")
+            .arg(m.path(".page.Xy12"))
+            .arg(m.path("page.html")),
+    );
+    let h = c.head_object(&b, "page.html").await.unwrap();
+    assert_eq!(
+        h.content_type.as_deref(),
+        Some("text/html"),
+        "typed by the new name"
+    );
+    assert_eq!(meta(&h, "mode"), Some(&*mode));
+    kept(&h, "rename");
+}

@@ -161,3 +161,42 @@ fn a_part_etag_that_is_not_the_md5_is_refused() {
         .unwrap_err();
     assert!(matches!(e, S3Error::EtagMismatch { .. }), "{e}");
 }
+
+/// HEAD reads an object's own SSE-KMS key and the standard headers a
+/// REPLACE copy must send again.
+#[test]
+fn head_reads_encryption_and_standard_headers() {
+    let s = canned(
+        200,
+        "etag: \"e\"\r\nx-amz-server-side-encryption: aws:kms\r\n\
+         x-amz-server-side-encryption-aws-kms-key-id: arn:aws:kms:eu-west-1:1:key/k\r\n\
+         cache-control: no-cache\r\ncontent-encoding: gzip\r\n",
+        "",
+    );
+    let h = rt()
+        .block_on(client(&s.url, 1).head_object("b", "k"))
+        .unwrap();
+    assert_eq!(
+        h.encryption,
+        Some(bucketfs::s3::types::Sse::Kms {
+            key_id: Some("arn:aws:kms:eu-west-1:1:key/k".into())
+        })
+    );
+    assert_eq!(
+        h.system,
+        [
+            ("cache-control".to_string(), "no-cache".to_string()),
+            ("content-encoding".to_string(), "gzip".to_string())
+        ]
+    );
+    let s = canned(
+        200,
+        "etag: \"e\"\r\nx-amz-server-side-encryption: AES256\r\n",
+        "",
+    );
+    let h = rt()
+        .block_on(client(&s.url, 1).head_object("b", "k"))
+        .unwrap();
+    assert_eq!(h.encryption, Some(bucketfs::s3::types::Sse::Aes256));
+    assert!(h.system.is_empty());
+}

@@ -110,6 +110,10 @@ pub struct StoredMeta {
     pub storage_class: Option<String>,
     /// `x-amz-meta-*`, names without the prefix.
     pub user: BTreeMap<String, String>,
+    /// Cache-Control, Content-Encoding and the other standard headers.
+    pub system: Vec<(String, String)>,
+    /// The object's own SSE-S3 / SSE-KMS encryption.
+    pub sse: Option<crate::s3::Sse>,
 }
 
 impl StoredMeta {
@@ -119,6 +123,8 @@ impl StoredMeta {
             content_type: h.content_type.clone(),
             storage_class: h.storage_class.clone(),
             user: h.metadata.clone(),
+            system: h.system.clone(),
+            sse: h.encryption.clone(),
         }
     }
 
@@ -128,7 +134,25 @@ impl StoredMeta {
             content_type: o.content_type.clone(),
             storage_class: o.storage_class.clone(),
             user: o.metadata.clone(),
+            system: o
+                .extra_headers
+                .iter()
+                .filter(|(k, _)| {
+                    crate::s3::types::SYSTEM_HEADERS.contains(&k.to_ascii_lowercase().as_str())
+                })
+                .cloned()
+                .collect(),
+            sse: o.sse.clone(),
         }
+    }
+
+    /// Whether a COPY-directive copy would lose some of it: a copy gets the
+    /// server's default storage class and encryption unless told.
+    pub fn copy_would_lose(&self) -> bool {
+        self.storage_class
+            .as_deref()
+            .is_some_and(|c| !c.eq_ignore_ascii_case("STANDARD"))
+            || self.sse.is_some()
     }
 
     /// Options that give an object this metadata (a copy with REPLACE, an append).
@@ -137,6 +161,8 @@ impl StoredMeta {
             content_type: self.content_type.clone(),
             storage_class: self.storage_class.clone(),
             metadata: self.user.clone(),
+            extra_headers: self.system.clone(),
+            sse: self.sse.clone(),
             ..crate::s3::PutOptions::default()
         }
     }

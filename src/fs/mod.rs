@@ -1889,14 +1889,19 @@ impl Fs {
             Err(e) => return Err(e),
         }
         // Every key under the old prefix.
-        let mut keys: Vec<(String, u64)> = Vec::new();
+        let mut keys: Vec<(String, u64, bool)> = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let page = self
                 .store
                 .list_objects_page(&src.key, None, token.as_deref(), None)
                 .await?;
-            keys.extend(page.objects.into_iter().map(|o| (o.key, o.size)));
+            keys.extend(page.objects.into_iter().map(|o| {
+                let other_class = o
+                    .storage_class
+                    .is_some_and(|c| !c.eq_ignore_ascii_case("STANDARD"));
+                (o.key, o.size, other_class)
+            }));
             match page.next_token {
                 Some(t) if Some(&t) != token.as_ref() => token = Some(t),
                 Some(_) => return Err(FsError::Io("listing repeated a continuation token".into())),
@@ -1908,28 +1913,41 @@ impl Fs {
         let mut done: Vec<String> = Vec::new();
         let mut failed: Option<FsError> = None;
         for chunk in keys.chunks(RENAME_CONCURRENCY) {
-            let results = futures_util::future::join_all(chunk.iter().map(|(k, size)| {
-                let to = new_key(k);
-                async move {
-                    let r = if *size > self.cfg.upload.max_copy_object {
-                        match self.store.head_object(k).await {
-                            Ok(h) => {
-                                let opts = StoredMeta::of_head(&h).to_options();
-                                self.copy_large(k, &to, *size, opts).await.map(|_| ())
+            let results =
+                futures_util::future::join_all(chunk.iter().map(|(k, size, other_class)| {
+                    let to = new_key(k);
+                    async move {
+                        // Past CopyObject's limit, or in a storage class a plain
+                        // copy would not keep: the object's metadata is read and
+                        // sent again.
+                        let large = *size > self.cfg.upload.max_copy_object;
+                        let r = if large || *other_class {
+                            match self.store.head_object(k).await {
+                                Ok(h) => {
+                                    let opts = StoredMeta::of_head(&h).to_options();
+                                    if large {
+                                        self.copy_large(k, &to, *size, opts).await.map(|_| ())
+                                    } else {
+                                        self.store
+                                            .copy_object(k, &to, &MetadataDirective::Replace(opts))
+                                            .await
+                                            .map(|_| ())
+                                            .map_err(FsError::from)
+                                    }
+                                }
+                                Err(e) => Err(e.into()),
                             }
-                            Err(e) => Err(e.into()),
-                        }
-                    } else {
-                        self.store
-                            .copy_object(k, &to, &MetadataDirective::Copy)
-                            .await
-                            .map(|_| ())
-                            .map_err(FsError::from)
-                    };
-                    (to, r)
-                }
-            }))
-            .await;
+                        } else {
+                            self.store
+                                .copy_object(k, &to, &MetadataDirective::Copy)
+                                .await
+                                .map(|_| ())
+                                .map_err(FsError::from)
+                        };
+                        (to, r)
+                    }
+                }))
+                .await;
             for (to, r) in results {
                 match r {
                     Ok(()) => done.push(to),
@@ -1958,10 +1976,10 @@ impl Fs {
         let mut left = 0usize;
         for chunk in keys.chunks(RENAME_CONCURRENCY) {
             let rs = futures_util::future::join_all(
-                chunk.iter().map(|(k, _)| self.store.delete_object(k)),
+                chunk.iter().map(|(k, ..)| self.store.delete_object(k)),
             )
             .await;
-            for (r, (k, _)) in rs.into_iter().zip(chunk) {
+            for (r, (k, ..)) in rs.into_iter().zip(chunk) {
                 if let Err(e) = r {
                     tracing::error!(key = %k, error = %e, "directory rename: old key not deleted");
                     left += 1;
@@ -2187,14 +2205,11 @@ impl Fs {
                 None => None,
             };
             let new_type = content_type_after_rename(stored_type.as_deref(), name, newname);
-            // A copy gets the server's default storage class unless told:
-            // an object in another class is copied with all its metadata.
-            let other_class = src.stored.as_ref().is_some_and(|m| {
-                m.storage_class
-                    .as_deref()
-                    .is_some_and(|c| !c.eq_ignore_ascii_case("STANDARD"))
-            });
-            let directive = if pending || new_type.is_some() || other_class {
+            // A copy gets the server's default storage class and encryption
+            // unless told: an object with its own is copied with all its
+            // metadata.
+            let copy_loses = src.stored.as_ref().is_some_and(StoredMeta::copy_would_lose);
+            let directive = if pending || new_type.is_some() || copy_loses {
                 let mut o = self.replace_options(&src).await?;
                 if new_type.is_some() {
                     o.content_type = new_type;

@@ -404,3 +404,75 @@ async fn absent_names_are_remembered_for_the_ttl() {
         "asked again after the TTL"
     );
 }
+
+/// Copies carry what a plain copy would lose: chmod (a REPLACE copy onto
+/// itself) keeps Cache-Control, Content-Encoding, the storage class and the
+/// object's SSE-KMS key; a rename of such an object is a REPLACE copy that
+/// keeps them too; a directory rename re-sends the metadata of objects in
+/// another storage class.
+#[tokio::test]
+async fn copies_keep_headers_storage_class_and_encryption() {
+    let store = Arc::new(MemoryStore::new());
+    let kms = crate::s3::Sse::Kms {
+        key_id: Some("key-1".into()),
+    };
+    let opts = PutOptions {
+        content_type: Some("text/plain".into()),
+        storage_class: Some("STANDARD_IA".into()),
+        sse: Some(kms.clone()),
+        extra_headers: vec![
+            ("Cache-Control".into(), "max-age=60".into()),
+            ("Content-Encoding".into(), "gzip".into()),
+        ],
+        ..PutOptions::default()
+    };
+    store.insert_object("d/f.txt", Bytes::from_static(b"zz"), &opts);
+    store.insert_object("d/g.txt", Bytes::from_static(b"yy"), &opts);
+    let fs = Fs::new(store.clone(), cfg());
+    let root = fs.root();
+    let d = fs.lookup(root, OsStr::new("d")).await.unwrap().ino;
+    let keeps = |key: &str, what: &str| {
+        let o = store.object(key).unwrap_or_else(|| panic!("{key}: gone"));
+        let h = |n: &str| {
+            o.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(h("cache-control").as_deref(), Some("max-age=60"), "{what}");
+        assert_eq!(h("content-encoding").as_deref(), Some("gzip"), "{what}");
+        assert_eq!(o.content_type, "text/plain", "{what}");
+        assert_eq!(o.storage_class.as_deref(), Some("STANDARD_IA"), "{what}");
+        assert_eq!(o.sse, Some(kms.clone()), "{what}");
+    };
+
+    let f = fs.lookup(d, OsStr::new("f.txt")).await.unwrap();
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        uid: None,
+        gid: None,
+        size: None,
+        atime: None,
+        mtime: None,
+    };
+    fs.setattr(f.ino, None, chmod).await.unwrap();
+    fs.persist_attrs(f.ino).await.unwrap();
+    keeps("d/f.txt", "chmod");
+    let mode = (libc::S_IFREG | 0o600).to_string();
+    assert_eq!(
+        store.object("d/f.txt").unwrap().metadata.get("mode"),
+        Some(&mode)
+    );
+
+    fs.rename(d, OsStr::new("f.txt"), d, OsStr::new("h.txt"), 0)
+        .await
+        .unwrap();
+    keeps("d/h.txt", "file rename");
+
+    fs.rename(root, OsStr::new("d"), root, OsStr::new("e"), 0)
+        .await
+        .unwrap();
+    keeps("e/g.txt", "directory rename");
+    keeps("e/h.txt", "directory rename");
+    assert_eq!(store.keys(), ["e/g.txt", "e/h.txt"]);
+}

@@ -892,6 +892,17 @@ impl Client {
                 }
             }
         }
+        let system = SYSTEM_HEADERS
+            .iter()
+            .filter_map(|n| header_str(h, n).map(|v| (n.to_string(), v)))
+            .collect();
+        let encryption = match header_str(h, "x-amz-server-side-encryption").as_deref() {
+            Some("AES256") => Some(Sse::Aes256),
+            Some(k) if k.starts_with("aws:kms") => Some(Sse::Kms {
+                key_id: header_str(h, "x-amz-server-side-encryption-aws-kms-key-id"),
+            }),
+            _ => None,
+        };
         Ok(ObjectHead {
             size,
             etag: header_str(h, "etag").unwrap_or_default(),
@@ -900,6 +911,8 @@ impl Client {
             content_type: header_str(h, "content-type"),
             storage_class: header_str(h, "x-amz-storage-class"),
             metadata,
+            system,
+            encryption,
         })
     }
 

@@ -115,6 +115,11 @@ pub struct StoredObject {
     pub metadata: BTreeMap<String, String>,
     /// The storage class asked for; `None` means STANDARD.
     pub storage_class: Option<String>,
+    /// Cache-Control and the other [`SYSTEM_HEADERS`] it was given.
+    pub headers: Vec<(String, String)>,
+    /// SSE-S3 or SSE-KMS asked for (a COPY-directive copy gets none, as on
+    /// S3 without a bucket default).
+    pub sse: Option<Sse>,
     /// When the object was written.
     pub last_modified: SystemTime,
 }
@@ -125,6 +130,36 @@ struct Attrs {
     content_type: String,
     metadata: BTreeMap<String, String>,
     storage_class: Option<String>,
+    headers: Vec<(String, String)>,
+    sse: Option<Sse>,
+}
+
+impl Attrs {
+    /// What an object created with `opts` keeps (not validated).
+    fn of(opts: &PutOptions) -> Attrs {
+        Attrs {
+            content_type: opts
+                .content_type
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_string()),
+            metadata: opts
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            storage_class: opts.storage_class.clone(),
+            headers: opts
+                .extra_headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .filter(|(k, _)| SYSTEM_HEADERS.contains(&k.as_str()))
+                .collect(),
+            sse: opts
+                .sse
+                .clone()
+                .filter(|s| !matches!(s, Sse::Customer { .. })),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -331,18 +366,7 @@ fn attrs_of(opts: &PutOptions) -> Result<Attrs, S3Error> {
             ));
         }
     }
-    Ok(Attrs {
-        content_type: opts
-            .content_type
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_string()),
-        metadata: opts
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect(),
-        storage_class: opts.storage_class.clone(),
-    })
+    Ok(Attrs::of(opts))
 }
 
 /// HEAD answers carry no body, so a client only sees the status: map any
@@ -562,18 +586,7 @@ impl MemoryStore {
     /// faults: test setup. Returns its ETag. Options are not validated.
     pub fn insert_object(&self, key: &str, body: Bytes, opts: &PutOptions) -> String {
         let etag = quoted(&hex(&md5_of(&body)));
-        let attrs = Attrs {
-            content_type: opts
-                .content_type
-                .clone()
-                .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_string()),
-            metadata: opts
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
-            storage_class: opts.storage_class.clone(),
-        };
+        let attrs = Attrs::of(opts);
         lock(&self.data)
             .objects
             .insert(key.to_string(), Self::stored(body, etag.clone(), attrs));
@@ -589,6 +602,8 @@ impl MemoryStore {
             content_type: attrs.content_type,
             metadata: attrs.metadata,
             storage_class: attrs.storage_class,
+            headers: attrs.headers,
+            sse: attrs.sse,
             last_modified: SystemTime::now(),
         }
     }
@@ -949,6 +964,8 @@ impl MemoryStore {
             // S3 sends no x-amz-storage-class header for STANDARD.
             storage_class: o.storage_class.clone().filter(|s| s != "STANDARD"),
             metadata: o.metadata.clone(),
+            system: o.headers.clone(),
+            encryption: o.sse.clone(),
         })
     }
 
@@ -1084,8 +1101,11 @@ impl MemoryStore {
         let attrs = replace.unwrap_or_else(|| Attrs {
             content_type: src.content_type.clone(),
             metadata: src.metadata.clone(),
-            // Without x-amz-storage-class the copy is STANDARD, as on S3.
+            // Without x-amz-storage-class the copy is STANDARD, as on S3;
+            // without encryption headers it gets the bucket's default (none).
             storage_class: None,
+            headers: src.headers.clone(),
+            sse: None,
         });
         let obj = Self::stored(src.body.clone(), src.etag.clone(), attrs);
         let etag = obj.etag.clone();

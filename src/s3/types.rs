@@ -55,6 +55,16 @@ pub struct UploadsPage {
     pub next: Option<(String, String)>,
 }
 
+/// Standard headers an object keeps besides Content-Type, which a copy
+/// with REPLACE drops unless it sends them again.
+pub const SYSTEM_HEADERS: [&str; 5] = [
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "expires",
+];
+
 /// What HeadObject tells about an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectHead {
@@ -65,6 +75,10 @@ pub struct ObjectHead {
     pub storage_class: Option<String>,
     /// `x-amz-meta-*` headers, names lowercased and without the prefix.
     pub metadata: BTreeMap<String, String>,
+    /// The [`SYSTEM_HEADERS`] the object has (names lowercased).
+    pub system: Vec<(String, String)>,
+    /// Its SSE-S3 or SSE-KMS encryption (SSE-C is the mount's own key).
+    pub encryption: Option<Sse>,
 }
 
 /// The bytes of a (ranged) GetObject.
