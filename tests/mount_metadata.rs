@@ -689,3 +689,57 @@ async fn copies_keep_cache_control_and_content_encoding() {
     assert_eq!(meta(&h, "mode"), Some(&*mode));
     kept(&h, "rename");
 }
+
+/// Device nodes and sockets (`rsync -a` as root makes them) are empty
+/// objects whose `x-amz-meta-mode` says what they are and whose
+/// `x-amz-meta-rdev` holds the device number; a fresh mount shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_nodes_keep_their_rdev() {
+    use std::os::unix::fs::FileTypeExt;
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let dev = libc::makedev(8, 1);
+    {
+        let m = Mounted::bucket(&b);
+        for (name, kind) in [
+            ("disk", libc::S_IFBLK),
+            ("tty", libc::S_IFCHR),
+            ("sock", libc::S_IFSOCK),
+        ] {
+            let p = std::ffi::CString::new(m.path(name).to_str().unwrap()).unwrap();
+            // SAFETY: a valid C string.
+            let r = unsafe { libc::mknod(p.as_ptr(), kind | 0o640, dev) };
+            assert_eq!(
+                r,
+                0,
+                "mknod {name}: {}\n{}",
+                std::io::Error::last_os_error(),
+                m.log()
+            );
+        }
+    }
+    for (name, kind) in [
+        ("disk", libc::S_IFBLK),
+        ("tty", libc::S_IFCHR),
+        ("sock", libc::S_IFSOCK),
+    ] {
+        let h = c.head_object(&b, name).await.unwrap();
+        assert_eq!(h.size, 0, "{name}");
+        let mode: u32 = meta(&h, "mode").unwrap().parse().unwrap();
+        assert_eq!(mode, kind | 0o640, "{name}");
+        if kind != libc::S_IFSOCK {
+            assert_eq!(meta(&h, "rdev"), Some(&*dev.to_string()), "{name}");
+        }
+    }
+    let m = Mounted::bucket(&b);
+    let md = std::fs::symlink_metadata(m.path("disk")).unwrap();
+    assert!(md.file_type().is_block_device());
+    assert_eq!(md.rdev(), dev);
+    let md = std::fs::symlink_metadata(m.path("tty")).unwrap();
+    assert!(md.file_type().is_char_device());
+    assert_eq!(md.rdev(), dev);
+    assert!(std::fs::symlink_metadata(m.path("sock"))
+        .unwrap()
+        .file_type()
+        .is_socket());
+}

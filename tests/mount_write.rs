@@ -245,6 +245,34 @@ async fn mkdir_rmdir_unlink_touch_round_trips() {
     );
 }
 
+/// A directory that exists only as a prefix (no marker) vanishes with its
+/// last key: after that key is deleted, rmdir succeeds and the name is gone;
+/// a directory made by mkdir stays through its marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_only_directory_goes_with_its_last_key() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    for k in ["p/only", "q/only"] {
+        c.put_object(&b, k, "x".into(), None, &PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let m = Mounted::bucket(&b);
+    std::fs::create_dir(m.path("made")).unwrap();
+    std::fs::remove_file(m.path("p/only")).unwrap();
+    std::fs::remove_dir(m.path("p")).unwrap_or_else(|e| panic!("rmdir p: {e}\n{}", m.log()));
+    assert!(!m.path("p").exists());
+    // Deleted by another client: the prefix is gone once the TTL has passed.
+    c.delete_object(&b, "q/only").await.unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let names: Vec<String> = std::fs::read_dir(&m.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["made"], "only the mkdir'd directory stays");
+    assert!(c.head_object(&b, "made/").await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overwrite_with_o_trunc_replaces_the_object() {
     let c = client();

@@ -270,11 +270,8 @@ async fn attributes_of_an_object_past_the_copy_limit_use_a_multipart_copy() {
     let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
     let set = SetAttr {
         mode: Some(0o600),
-        uid: None,
-        gid: None,
-        size: None,
-        atime: None,
         mtime: Some(when),
+        ..SetAttr::default()
     };
     fs.setattr(a.ino, None, set).await.unwrap();
     fs.persist_attrs(a.ino).await.unwrap();
@@ -336,12 +333,8 @@ async fn truncating_a_stored_file_to_zero_keeps_its_metadata() {
     let fs = Fs::new(store.clone(), cfg());
     let a = fs.lookup(fs.root(), OsStr::new("t.csv")).await.unwrap();
     let set = SetAttr {
-        mode: None,
-        uid: None,
-        gid: None,
         size: Some(0),
-        atime: None,
-        mtime: None,
+        ..SetAttr::default()
     };
     let after = fs.setattr(a.ino, None, set).await.unwrap();
     assert_eq!((after.size, after.perm), (0, 0o640));
@@ -449,11 +442,7 @@ async fn copies_keep_headers_storage_class_and_encryption() {
     let f = fs.lookup(d, OsStr::new("f.txt")).await.unwrap();
     let chmod = SetAttr {
         mode: Some(0o600),
-        uid: None,
-        gid: None,
-        size: None,
-        atime: None,
-        mtime: None,
+        ..SetAttr::default()
     };
     fs.setattr(f.ino, None, chmod).await.unwrap();
     fs.persist_attrs(f.ino).await.unwrap();
@@ -475,4 +464,40 @@ async fn copies_keep_headers_storage_class_and_encryption() {
     keeps("e/g.txt", "directory rename");
     keeps("e/h.txt", "directory rename");
     assert_eq!(store.keys(), ["e/g.txt", "e/h.txt"]);
+}
+
+/// Attributes set on a stored object are written at fsync and at unmount
+/// (`persist_all`, what FUSE destroy runs) without waiting for the timer:
+/// mode, uid and gid as s3fs stores them.
+#[tokio::test]
+async fn pending_attributes_are_written_at_fsync_and_at_unmount() {
+    let store = Arc::new(MemoryStore::new());
+    for k in ["a", "b"] {
+        store.insert_object(k, Bytes::from_static(b"x"), &PutOptions::default());
+    }
+    let fs = Fs::new(store.clone(), cfg());
+    let set = SetAttr {
+        mode: Some(0o600),
+        uid: Some(1234),
+        gid: Some(4321),
+        ..SetAttr::default()
+    };
+    let a = fs.lookup(fs.root(), OsStr::new("a")).await.unwrap().ino;
+    let b = fs.lookup(fs.root(), OsStr::new("b")).await.unwrap().ino;
+    fs.setattr(a, None, set.clone()).await.unwrap();
+    fs.setattr(b, None, set).await.unwrap();
+    // The timer waits ATTR_DELAY (1 s); nothing is written before it.
+    assert_eq!(store.calls(Op::CopyObject), 0);
+    let fh = fs.open(a, libc::O_RDONLY, 1).await.unwrap();
+    fs.fsync(a, fh).await.unwrap();
+    assert_eq!(store.calls(Op::CopyObject), 1, "written at fsync");
+    fs.persist_all().await;
+    assert_eq!(store.calls(Op::CopyObject), 2, "and the rest at unmount");
+    let mode = (libc::S_IFREG | 0o600).to_string();
+    for k in ["a", "b"] {
+        let m = store.object(k).unwrap().metadata;
+        assert_eq!(m.get("mode"), Some(&mode), "{k}");
+        assert_eq!(m.get("uid").map(String::as_str), Some("1234"), "{k}");
+        assert_eq!(m.get("gid").map(String::as_str), Some("4321"), "{k}");
+    }
 }
