@@ -9,7 +9,8 @@
 #   write 1G   cp of a 1 GiB file into the mount  (boto3: upload_file, 8 MiB parts, 4 threads)
 #   read 1G    cat of it to /dev/null             (boto3: download_fileobj, 8 MiB ranges, 4 threads)
 #   cp -r      cp -r of 500 files of 4 KiB
-#   rsync -a   rsync -a of the same 500 files
+#   rsync -a   rsync -a of the same 500 files; then again on a fresh mount
+#              ("rsync -a again": must transfer 0 files)
 #   list       a directory of 10,000 objects on a fresh mount: ls -l, and find
 #              (bucketfs-listing: ls -l again with --attrs-from-listing, no
 #              HEAD per object)
@@ -234,6 +235,7 @@ if does list; then
     py fill bench-list big/ 10000
 fi
 lines_ok() { [[ "$(wc -l <"$work/out")" == "$1" ]]; }
+sent_nothing() { grep -q "Number of regular files transferred: 0" "$work/out"; }
 
 for tool in bucketfs s3fs rclone; do
     wants "$tool" || continue
@@ -257,6 +259,8 @@ for tool in bucketfs s3fs rclone; do
     fi
     if does rsync; then
         mount_run "$tool" "$b" "rsync -a 500x4K" "small_ok $b rs" -- rsync -a "$src/small/" rs/
+        # A fresh mount, the same rsync: its quick check must send nothing.
+        mount_run "$tool" "$b" "rsync -a again" sent_nothing -- rsync -a --stats "$src/small/" rs/
     fi
     if [[ "$tool" == bucketfs ]] && does write3g; then
         mount_run "$tool" "$b" "write 3G" "[[ \"\$(py size $b big3)\" == $((3 * big)) ]]" -- cp "$src/big3" big3
