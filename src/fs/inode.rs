@@ -96,6 +96,8 @@ pub struct Inode {
     pub ahead_scanned: usize,
     /// A statahead HEAD for this name is on its way.
     pub ahead_pending: bool,
+    /// Its pending attributes are being written (a copy onto itself).
+    pub persisting: bool,
     /// Entry replies the kernel has not forgotten: while above 0 the kernel
     /// may name this inode, so it stays.
     pub lookups: u64,
@@ -199,6 +201,7 @@ impl Inode {
             listing: None,
             ahead_scanned: 0,
             ahead_pending: false,
+            persisting: false,
             lookups: 0,
             kids: 0,
         }

@@ -150,6 +150,8 @@ pub struct Fs {
     me: Weak<Fs>,
     /// Woken when a statahead batch has been recorded.
     ahead_done: tokio::sync::Notify,
+    /// Woken when a write of pending attributes ends.
+    persisted: tokio::sync::Notify,
     /// Set at shutdown: new opens are refused.
     closing: std::sync::atomic::AtomicBool,
     /// Files being written (by handle), for `bucketfs status`.
@@ -328,6 +330,7 @@ impl Fs {
             mounted_at: now,
             me: me.clone(),
             ahead_done: tokio::sync::Notify::new(),
+            persisted: tokio::sync::Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
             writers: Mutex::new(BTreeMap::new()),
             stats: MountStats::default(),
@@ -883,9 +886,11 @@ impl Fs {
                 }
             };
         }
-        // Cleared first: a change while the copy runs sets it again.
+        // Cleared first: a change while the copy runs sets it again. A
+        // rename waits for the copy (it would copy the old object).
         if let Some(n) = self.table().get_mut(ino) {
             n.attrs_pending = false;
+            n.persisting = true;
         }
         let result = async {
             let opts = self.replace_options(&i).await?;
@@ -904,6 +909,10 @@ impl Fs {
         }
         .await;
         let mut t = self.table();
+        if let Some(n) = t.get_mut(ino) {
+            n.persisting = false;
+        }
+        self.persisted.notify_waiters();
         match result {
             Ok((etag, opts)) => {
                 tracing::debug!(key = %i.key, "attributes stored");
@@ -921,6 +930,21 @@ impl Fs {
                 tracing::warn!(key = %i.key, error = %e, "storing attributes failed");
                 Err(e)
             }
+        }
+    }
+
+    /// The inode once no write of its attributes is in flight (a copy of the
+    /// object made meanwhile would miss them).
+    async fn settled(&self, ino: u64) -> FsResult<Inode> {
+        loop {
+            let done = self.persisted.notified();
+            let i = self.inode(ino)?;
+            if !i.persisting {
+                return Ok(i);
+            }
+            // Bounded by the copy's own retries and deadlines; the timeout
+            // only guards against a missed wake-up.
+            let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
         }
     }
 
@@ -2157,6 +2181,7 @@ impl Fs {
         if src.key == dst_key {
             return Ok(());
         }
+        let src = self.settled(src.ino).await?;
         // Attributes that came from a listing (--attrs-from-listing): the
         // object's metadata and storage class are read now, so that the
         // copy keeps them.

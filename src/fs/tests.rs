@@ -501,3 +501,43 @@ async fn pending_attributes_are_written_at_fsync_and_at_unmount() {
         assert_eq!(m.get("gid").map(String::as_str), Some("4321"), "{k}");
     }
 }
+
+/// A rename that starts while the object's pending attributes are being
+/// written (the timer fired) waits for that copy: otherwise it would copy
+/// the object as it was, and the attributes would land on the old key just
+/// before it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_waits_for_an_attribute_write_in_flight() {
+    let store = Arc::new(MemoryStore::new());
+    store.insert_object("t.tmp", Bytes::from_static(b"x"), &PutOptions::default());
+    let fs = Fs::new(store.clone(), cfg());
+    let root = fs.root();
+    let t = fs.lookup(root, OsStr::new("t.tmp")).await.unwrap().ino;
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    fs.setattr(t, None, chmod).await.unwrap();
+    // The write of the attributes is slow; the rename's own copy is not.
+    store.delay(Op::CopyObject, Duration::from_millis(400));
+    let writing = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.persist_attrs(t).await })
+    };
+    while store.in_flight(Op::CopyObject) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.delay(Op::CopyObject, Duration::ZERO);
+    fs.rename(root, OsStr::new("t.tmp"), root, OsStr::new("t"), 0)
+        .await
+        .unwrap();
+    writing.await.unwrap().unwrap();
+    let mode = (libc::S_IFREG | 0o600).to_string();
+    let o = store.object("t").expect("renamed");
+    assert_eq!(
+        o.metadata.get("mode"),
+        Some(&mode),
+        "the copy has the new mode"
+    );
+    assert!(store.object("t.tmp").is_none());
+}
