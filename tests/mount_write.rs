@@ -259,17 +259,23 @@ async fn a_prefix_only_directory_goes_with_its_last_key() {
     }
     let m = Mounted::bucket(&b);
     std::fs::create_dir(m.path("made")).unwrap();
+    let names = || {
+        let mut v: Vec<String> = std::fs::read_dir(&m.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(), ["made", "p", "q"]);
     std::fs::remove_file(m.path("p/only")).unwrap();
     std::fs::remove_dir(m.path("p")).unwrap_or_else(|e| panic!("rmdir p: {e}\n{}", m.log()));
     assert!(!m.path("p").exists());
     // Deleted by another client: the prefix is gone once the TTL has passed.
+    assert_eq!(names(), ["made", "q"]);
     c.delete_object(&b, "q/only").await.unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let names: Vec<String> = std::fs::read_dir(&m.dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(names, ["made"], "only the mkdir'd directory stays");
+    assert_eq!(names(), ["made"], "only the mkdir'd directory stays");
     assert!(c.head_object(&b, "made/").await.is_ok());
 }
 

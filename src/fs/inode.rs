@@ -150,11 +150,13 @@ impl StoredMeta {
 
     /// Whether a COPY-directive copy would lose some of it: a copy gets the
     /// server's default storage class and encryption unless told.
+    /// (SSE-S3 is every AWS bucket's default since 2023, so only SSE-KMS
+    /// counts.)
     pub fn copy_would_lose(&self) -> bool {
         self.storage_class
             .as_deref()
             .is_some_and(|c| !c.eq_ignore_ascii_case("STANDARD"))
-            || self.sse.is_some()
+            || matches!(self.sse, Some(crate::s3::Sse::Kms { .. }))
     }
 
     /// Options that give an object this metadata (a copy with REPLACE, an append).
@@ -381,6 +383,7 @@ impl InodeTable {
             && !i.local
             && !i.attrs_pending
             && !i.ahead_pending
+            && !i.persisting
             && i.kids == 0
     }
 
@@ -461,6 +464,13 @@ impl InodeTable {
         replaced.filter(|r| *r != ino)
     }
 
+    /// Whether a write of attributes under `prefix` is in flight.
+    pub fn persisting_under(&self, prefix: &str) -> bool {
+        self.inodes
+            .values()
+            .any(|i| i.persisting && i.key.starts_with(prefix))
+    }
+
     /// Whether a file under `prefix` is being written or not stored yet.
     pub fn busy_under(&self, prefix: &str) -> bool {
         self.inodes
@@ -471,13 +481,15 @@ impl InodeTable {
     /// The children of `parent` that follow `after` in its last listing
     /// (byte order, as ls and find go) and whose metadata no HEAD has read
     /// yet — statahead candidates — at most `max` among the next `window`
-    /// names. They are marked as being read.
+    /// names (`dirs_only`: directories only, for find). They are marked as
+    /// being read.
     pub fn unread_children(
         &mut self,
         parent: u64,
         after: &str,
         window: usize,
         max: usize,
+        dirs_only: bool,
     ) -> Vec<(u64, String, Kind, String)> {
         let Some(order) = self.inodes.get(&parent).and_then(|p| p.listing.clone()) else {
             return Vec::new();
@@ -496,6 +508,7 @@ impl InodeTable {
         while at < end && picked.len() < max {
             if let Some(i) = self.child(parent, &order[at]) {
                 if i.version.is_none()
+                    && (!dirs_only || i.kind == Kind::Dir)
                     && !i.local
                     && i.writer.is_none()
                     && !i.attrs_pending
@@ -507,9 +520,12 @@ impl InodeTable {
             at += 1;
         }
         // Readers go forward (ls, find, rsync): a name a jump passed over
-        // is not read ahead, its own lookup reads it.
-        if let Some(p) = self.inodes.get_mut(&parent) {
-            p.ahead_scanned = at;
+        // is not read ahead, its own lookup reads it. A directories-only
+        // scan leaves the files it passed for a later one.
+        if !dirs_only {
+            if let Some(p) = self.inodes.get_mut(&parent) {
+                p.ahead_scanned = at;
+            }
         }
         // Claimed: no other lookup sends the same HEADs meanwhile.
         for (ino, ..) in &picked {
@@ -589,21 +605,24 @@ mod tests {
             v.iter().map(|c| c.3.clone()).collect()
         };
         // After f0: the next 4 names, claimed.
-        let first = t.unread_children(d, "f0", 4, 4);
+        let first = t.unread_children(d, "f0", 4, 4, false);
         assert_eq!(keys(&first), ["d/f1", "d/f2", "d/f3", "d/f4"]);
         assert!(t.child(d, "f1").unwrap().ahead_pending);
         // The reader inside the claimed window: nothing to add.
-        assert!(t.unread_children(d, "f1", 3, 4).is_empty());
+        assert!(t.unread_children(d, "f1", 3, 4, false).is_empty());
         // Further on: only the names not claimed yet.
-        assert_eq!(keys(&t.unread_children(d, "f2", 4, 4)), ["d/f5", "d/f6"]);
+        assert_eq!(
+            keys(&t.unread_children(d, "f2", 4, 4, false)),
+            ["d/f5", "d/f6"]
+        );
         // A name whose read-ahead failed is offered again after a new listing.
         t.get_mut(t.child(d, "f3").unwrap().ino)
             .unwrap()
             .ahead_pending = false;
-        assert!(t.unread_children(d, "f2", 4, 4).is_empty());
+        assert!(t.unread_children(d, "f2", 4, 4, false).is_empty());
         t.get_mut(d).unwrap().listing = Some(std::sync::Arc::new(names.clone()));
         t.get_mut(d).unwrap().ahead_scanned = 0;
-        assert_eq!(keys(&t.unread_children(d, "f2", 4, 4)), ["d/f3"]);
+        assert_eq!(keys(&t.unread_children(d, "f2", 4, 4, false)), ["d/f3"]);
         // Moving and removing keep the child counts.
         t.move_child(d, "f9", ROOT, "g");
         assert_eq!((t.get(d).unwrap().kids, t.get(ROOT).unwrap().kids), (9, 2));

@@ -579,17 +579,22 @@ impl Fs {
             Cached::Unknown => (None, None),
         };
         if let Some(ino) = listed_dir {
-            let ahead = self.statahead_candidates(parent, name);
+            // find looks up directories only: their siblings that are
+            // directories are read ahead, files are not.
+            let ahead = self.statahead_candidates(parent, name, true);
             tokio::join!(self.read_dir_marker(ino), self.read_ahead(parent, ahead));
             let t = self.table();
             return Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?));
         }
         let key = format!("{pkey}{name}");
+        // What this mount learns of the name after this moment is newer
+        // than the answers to the requests sent now.
+        let asked = Instant::now();
         if let Some(valid_until) = listed_file {
-            let ahead = self.statahead_candidates(parent, name);
+            let ahead = self.statahead_candidates(parent, name, false);
             let (head, ()) =
                 tokio::join!(self.store.head_object(&key), self.read_ahead(parent, ahead));
-            return self.record_file_head(parent, name, &key, head, valid_until);
+            return self.record_file_head(parent, name, &key, head, valid_until, asked);
         }
         if key.len() + 1 > MAX_KEY_LEN {
             return Err(FsError::NameTooLong);
@@ -598,7 +603,7 @@ impl Fs {
         // A name known from an older listing: its siblings likely follow.
         let known = self.table().child(parent, name).is_some();
         let ahead = if known {
-            self.statahead_candidates(parent, name)
+            self.statahead_candidates(parent, name, false)
         } else {
             Vec::new()
         };
@@ -636,7 +641,7 @@ impl Fs {
             let t = self.table();
             return Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?));
         }
-        self.record_file_head(parent, name, &key, head, valid_until)
+        self.record_file_head(parent, name, &key, head, valid_until, asked)
     }
 
     /// A lookup answered from memory alone, without waiting: the FUSE thread
@@ -675,8 +680,9 @@ impl Fs {
             Some(c) if c.local || c.writer.is_some() => Cached::Hit(self.attr_of(c)),
             Some(c) if c.valid_until > now && (c.version.is_some() || c.attrs_pending) => {
                 let attr = self.attr_of(c);
+                let dirs_only = c.kind == Kind::Dir;
                 drop(t);
-                self.prefetch_after(parent, name);
+                self.prefetch_after(parent, name, dirs_only);
                 Cached::Hit(attr)
             }
             Some(c) if c.valid_until > now && c.kind == Kind::Dir => Cached::ListedDir(c.ino),
@@ -697,6 +703,7 @@ impl Fs {
         key: &str,
         head: Result<crate::s3::ObjectHead, crate::s3::S3Error>,
         valid_until: Instant,
+        asked: Instant,
     ) -> FsResult<Attr> {
         let mut t = self.table();
         match head {
@@ -711,9 +718,15 @@ impl Fs {
                 Ok(self.attr_of(t.get(ino).expect("inserted")))
             }
             Err(e) if e.is_not_found() => {
-                if t.child(parent, name)
-                    .is_some_and(|c| !c.local && c.writer.is_none())
-                {
+                if let Some(c) = t.child(parent, name) {
+                    // Written, renamed or confirmed here after the HEAD was
+                    // sent: that is newer than its "not found".
+                    if c.local
+                        || c.writer.is_some()
+                        || c.valid_until > asked + self.cfg.metadata_ttl
+                    {
+                        return Ok(self.attr_of(c));
+                    }
                     t.remove_child(parent, name);
                 }
                 t.note_missing(parent, name, valid_until);
@@ -774,6 +787,7 @@ impl Fs {
                 None if size == 0 => {
                     // The empty object keeps the file's Content-Type, mode,
                     // owner and other metadata; its mtime becomes now.
+                    self.settled(ino, |_| ()).await?;
                     let mut emptied = inode.clone();
                     emptied.mtime_set = false;
                     let opts = self.replace_options(&emptied).await?;
@@ -793,6 +807,10 @@ impl Fs {
                     ))
                 }
             }
+        }
+        if s.mode.is_some() || s.uid.is_some() || s.gid.is_some() || s.mtime.is_some() {
+            // The change goes over what the object has, not over defaults.
+            self.read_unread_metadata(ino).await?;
         }
         let mut t = self.table();
         let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
@@ -897,7 +915,17 @@ impl Fs {
             let etag = if i.size > self.cfg.upload.max_copy_object {
                 // Past CopyObject's limit: a multipart copy onto itself
                 // (the server copies the bytes; the object is replaced at
-                // Complete).
+                // Complete). Built from byte ranges, so only of the version
+                // this mount knows: another client's newer object is not
+                // cut to the old size.
+                let h = self.store.head_object(&i.key).await?;
+                let known = i.etag.as_deref().map(crate::s3::bare_etag);
+                if h.size != i.size || known.is_some_and(|e| e != crate::s3::bare_etag(&h.etag)) {
+                    return Err(FsError::Io(format!(
+                        "{} changed on the server; its attributes were not written",
+                        i.key
+                    )));
+                }
                 self.copy_large(&i.key, &i.key, i.size, opts.clone())
                     .await?
             } else {
@@ -933,14 +961,18 @@ impl Fs {
         }
     }
 
-    /// The inode once no write of its attributes is in flight (a copy of the
-    /// object made meanwhile would miss them).
-    async fn settled(&self, ino: u64) -> FsResult<Inode> {
+    /// Waits until no write of `ino`'s attributes is in flight (a copy onto
+    /// itself: an object copied, replaced or deleted meanwhile would lose
+    /// them, or come back), then runs `f` on the inode under the same lock.
+    async fn settled<T>(&self, ino: u64, f: impl Fn(&mut Inode) -> T) -> FsResult<T> {
         loop {
             let done = self.persisted.notified();
-            let i = self.inode(ino)?;
-            if !i.persisting {
-                return Ok(i);
+            {
+                let mut t = self.table();
+                let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
+                if !i.persisting {
+                    return Ok(f(i));
+                }
             }
             // Bounded by the copy's own retries and deadlines; the timeout
             // only guards against a missed wake-up.
@@ -948,11 +980,46 @@ impl Fs {
         }
     }
 
+    /// Reads an object's metadata into its inode when only a listing filled
+    /// it (`--attrs-from-listing`), so that a copy keeps what the object has
+    /// (mode, owner, mtime, type, storage class...) and changes only what is
+    /// asked. Attribute changes made here since are kept.
+    async fn read_unread_metadata(&self, ino: u64) -> FsResult<()> {
+        let i = self.inode(ino)?;
+        if !self.cfg.attrs_from_listing || i.local || i.writer.is_some() || ino == ROOT {
+            return Ok(());
+        }
+        if i.kind == Kind::Dir {
+            if i.stored.is_none() {
+                self.read_dir_marker(ino).await;
+            }
+            return Ok(());
+        }
+        if i.stored.is_some() {
+            return Ok(());
+        }
+        let h = self.store.head_object(&i.key).await?;
+        let mut t = self.table();
+        if let Some(n) = t.get_mut(ino) {
+            if n.attrs_pending {
+                n.stored = Some(StoredMeta::of_head(&h));
+            } else {
+                fill_from_head(n, &h, self.mounted_at);
+            }
+        }
+        Ok(())
+    }
+
     /// Siblings to read ahead with a lookup that needs a HEAD: none for the
     /// first such lookup in a directory, then up to [`STATAHEAD`] at a time,
     /// so `ls -l` and rsync over a listed directory cost a few rounds of
     /// parallel HEADs rather than one HEAD after another.
-    fn statahead_candidates(&self, parent: u64, name: &str) -> Vec<(u64, String, Kind, String)> {
+    fn statahead_candidates(
+        &self,
+        parent: u64,
+        name: &str,
+        dirs_only: bool,
+    ) -> Vec<(u64, String, Kind, String)> {
         let mut t = self.table();
         let Some(p) = t.get_mut(parent) else {
             return Vec::new();
@@ -961,19 +1028,19 @@ impl Fs {
         if p.head_misses < 2 {
             return Vec::new();
         }
-        t.unread_children(parent, name, 4 * STATAHEAD, STATAHEAD)
+        t.unread_children(parent, name, 4 * STATAHEAD, STATAHEAD, dirs_only)
     }
 
     /// A lookup served from the cache while siblings are being read ahead
     /// keeps the reading ahead of the reader: when unread names come within
     /// [`STATAHEAD`] of this one, the next batch is read in the background.
-    fn prefetch_after(&self, parent: u64, name: &str) {
+    fn prefetch_after(&self, parent: u64, name: &str, dirs_only: bool) {
         let batch = {
             let mut t = self.table();
             if t.get(parent).is_none_or(|p| p.head_misses < 2) {
                 return;
             }
-            t.unread_children(parent, name, STATAHEAD, STATAHEAD)
+            t.unread_children(parent, name, STATAHEAD, STATAHEAD, dirs_only)
         };
         if batch.is_empty() {
             return;
@@ -1266,8 +1333,11 @@ impl Fs {
             if dropped > 0 {
                 tracing::debug!(dropped, "inode table trimmed");
             }
-            let mut order: Vec<String> = entries.iter().skip(2).map(|e| e.name.clone()).collect();
-            order.sort_unstable();
+            // Directories and files interleaved in byte order: readdir's
+            // order is then the order ls -l and rsync stat in, which the
+            // statahead follows.
+            entries[2..].sort_unstable_by(|a, b| a.name.cmp(&b.name));
+            let order: Vec<String> = entries.iter().skip(2).map(|e| e.name.clone()).collect();
             if let Some(d) = t.get_mut(ino) {
                 d.complete_until = Some(valid_until);
                 d.listing = Some(Arc::new(order));
@@ -1462,6 +1532,8 @@ impl Fs {
         if inode.writer.is_some() {
             return Err(FsError::Busy("file is already open for writing"));
         }
+        // No attribute write starts while a writer holds the file.
+        self.settled(ino, |_| ()).await?;
         let trunc = flags & libc::O_TRUNC != 0 || inode.size == 0;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.insert_handle(
@@ -1713,6 +1785,8 @@ impl Fs {
                 _ => {}
             }
         }
+        // A write of the attributes already in flight counts as this one.
+        self.settled(ino, |_| ()).await?;
         self.persist_attrs(ino).await
     }
 
@@ -1843,6 +1917,9 @@ impl Fs {
             }
         }
         let local_only = child.as_ref().map(|c| c.local).unwrap_or(false);
+        if let Some(c) = &child {
+            self.settled(c.ino, |_| ()).await?;
+        }
         if !local_only {
             if child.is_none() {
                 // Not known here: make sure it exists, for a correct ENOENT.
@@ -1896,6 +1973,16 @@ impl Fs {
         }
         if self.table().busy_under(&src.key) {
             return Err(FsError::Busy("a file in the directory is being written"));
+        }
+        // Attribute writes in flight under it end first (a copy made before
+        // one lands would miss it; one landing after the delete would bring
+        // the old key back).
+        loop {
+            let done = self.persisted.notified();
+            if !self.table().persisting_under(&src.key) {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
         }
         match self.lookup(newparent, OsStr::new(newname)).await {
             Ok(_) if flags & libc::RENAME_NOREPLACE != 0 => return Err(FsError::Exists),
@@ -2181,31 +2268,16 @@ impl Fs {
         if src.key == dst_key {
             return Ok(());
         }
-        let src = self.settled(src.ino).await?;
-        // Attributes that came from a listing (--attrs-from-listing): the
-        // object's metadata and storage class are read now, so that the
-        // copy keeps them.
-        let src = if src.stored.is_none() {
-            let h = self.store.head_object(&src.key).await?;
-            let mut t = self.table();
-            let i = t.get_mut(src.ino).ok_or(FsError::NotFound)?;
-            if !i.attrs_pending {
-                fill_from_head(i, &h, self.mounted_at);
-            } else {
-                i.stored = Some(StoredMeta::of_head(&h));
-            }
-            i.clone()
-        } else {
-            src
-        };
+        self.read_unread_metadata(src.ino).await?;
         // Attributes set since the file was stored (rsync sets them on its
-        // temporary file just before the rename) travel with this copy.
-        let pending = src.attrs_pending;
-        if pending {
-            if let Some(i) = self.table().get_mut(src.ino) {
-                i.attrs_pending = false;
-            }
-        }
+        // temporary file just before the rename) travel with this copy:
+        // taken once no write of them is in flight.
+        let (src, pending) = self
+            .settled(src.ino, |i| {
+                let pending = std::mem::replace(&mut i.attrs_pending, false);
+                (i.clone(), pending)
+            })
+            .await?;
         let copied = async {
             if src.size > self.cfg.upload.max_copy_object {
                 // Over CopyObject's limit: UploadPartCopy ranges, a few at a time.
@@ -2270,6 +2342,7 @@ impl Fs {
                 i.etag = Some(etag.clone());
                 i.version = Some((etag, None));
                 i.ctime = SystemTime::now();
+                i.valid_until = Instant::now() + self.cfg.metadata_ttl;
                 if let MetadataDirective::Replace(o) = directive {
                     i.stored = Some(StoredMeta::of_options(&o));
                 }
