@@ -502,6 +502,31 @@ async fn pending_attributes_are_written_at_fsync_and_at_unmount() {
     }
 }
 
+/// chmod 600 of a stored file, then its attribute write started (as the
+/// timer would) with `op` slowed to 400 ms; returns once that write is at
+/// the store.
+async fn chmod_with_a_slow_write(
+    fs: &Arc<Fs>,
+    store: &MemoryStore,
+    ino: u64,
+    op: Op,
+) -> tokio::task::JoinHandle<FsResult<()>> {
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    fs.setattr(ino, None, chmod).await.unwrap();
+    store.delay(op, Duration::from_millis(400));
+    let writing = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.persist_attrs(ino).await })
+    };
+    while store.in_flight(op) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    writing
+}
+
 /// A rename that starts while the object's pending attributes are being
 /// written (the timer fired) waits for that copy: otherwise it would copy
 /// the object as it was, and the attributes would land on the old key just
@@ -513,20 +538,8 @@ async fn a_rename_waits_for_an_attribute_write_in_flight() {
     let fs = Fs::new(store.clone(), cfg());
     let root = fs.root();
     let t = fs.lookup(root, OsStr::new("t.tmp")).await.unwrap().ino;
-    let chmod = SetAttr {
-        mode: Some(0o600),
-        ..SetAttr::default()
-    };
-    fs.setattr(t, None, chmod).await.unwrap();
     // The write of the attributes is slow; the rename's own copy is not.
-    store.delay(Op::CopyObject, Duration::from_millis(400));
-    let writing = {
-        let fs = fs.clone();
-        tokio::spawn(async move { fs.persist_attrs(t).await })
-    };
-    while store.in_flight(Op::CopyObject) == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let writing = chmod_with_a_slow_write(&fs, &store, t, Op::CopyObject).await;
     store.delay(Op::CopyObject, Duration::ZERO);
     fs.rename(root, OsStr::new("t.tmp"), root, OsStr::new("t"), 0)
         .await
@@ -627,19 +640,7 @@ async fn a_delete_waits_for_a_multipart_attribute_copy() {
     let fs = Fs::new(store.clone(), c);
     let root = fs.root();
     let big = fs.lookup(root, OsStr::new("big")).await.unwrap().ino;
-    let chmod = SetAttr {
-        mode: Some(0o600),
-        ..SetAttr::default()
-    };
-    fs.setattr(big, None, chmod).await.unwrap();
-    store.delay(Op::UploadPartCopy, Duration::from_millis(400));
-    let writing = {
-        let fs = fs.clone();
-        tokio::spawn(async move { fs.persist_attrs(big).await })
-    };
-    while store.in_flight(Op::UploadPartCopy) == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let writing = chmod_with_a_slow_write(&fs, &store, big, Op::UploadPartCopy).await;
     fs.unlink(root, OsStr::new("big")).await.unwrap();
     writing.await.unwrap().unwrap();
     assert!(store.object("big").is_none(), "deleted, and stays deleted");
