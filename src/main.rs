@@ -239,7 +239,10 @@ fn sse_of(a: &SseArg) -> anyhow::Result<bucketfs::s3::Sse> {
     use base64::Engine;
     Ok(match a {
         SseArg::Aes256 => bucketfs::s3::Sse::Aes256,
-        SseArg::Kms(id) => bucketfs::s3::Sse::Kms { key_id: id.clone() },
+        SseArg::Kms(id) => bucketfs::s3::Sse::Kms {
+            key_id: id.clone(),
+            dsse: false,
+        },
         SseArg::Customer => {
             let b64 = std::env::var("BUCKETFS_SSE_C_KEY").map_err(|_| {
                 anyhow::anyhow!("--sse c needs the key in BUCKETFS_SSE_C_KEY (base64 of 32 bytes)")

@@ -179,7 +179,8 @@ fn head_reads_encryption_and_standard_headers() {
     assert_eq!(
         h.encryption,
         Some(bucketfs::s3::types::Sse::Kms {
-            key_id: Some("arn:aws:kms:eu-west-1:1:key/k".into())
+            key_id: Some("arn:aws:kms:eu-west-1:1:key/k".into()),
+            dsse: false,
         })
     );
     assert_eq!(
@@ -188,6 +189,22 @@ fn head_reads_encryption_and_standard_headers() {
             ("cache-control".to_string(), "no-cache".to_string()),
             ("content-encoding".to_string(), "gzip".to_string())
         ]
+    );
+    let s = canned(
+        200,
+        "etag: \"e\"\r\nx-amz-server-side-encryption: aws:kms:dsse\r\n",
+        "",
+    );
+    let h = rt()
+        .block_on(client(&s.url, 1).head_object("b", "k"))
+        .unwrap();
+    assert_eq!(
+        h.encryption,
+        Some(bucketfs::s3::types::Sse::Kms {
+            key_id: None,
+            dsse: true,
+        }),
+        "dual-layer KMS stays dual-layer"
     );
     let s = canned(
         200,

@@ -408,6 +408,7 @@ async fn copies_keep_headers_storage_class_and_encryption() {
     let store = Arc::new(MemoryStore::new());
     let kms = crate::s3::Sse::Kms {
         key_id: Some("key-1".into()),
+        dsse: true,
     };
     let opts = PutOptions {
         content_type: Some("text/plain".into()),

@@ -318,8 +318,9 @@ fn sse_headers<'a>(r: Request<'a>, sse: Option<&Sse>, copy_source: bool) -> Requ
     match sse {
         None => r,
         Some(Sse::Aes256) if !copy_source => r.header("x-amz-server-side-encryption", "AES256"),
-        Some(Sse::Kms { key_id }) if !copy_source => {
-            let r = r.header("x-amz-server-side-encryption", "aws:kms");
+        Some(Sse::Kms { key_id, dsse }) if !copy_source => {
+            let kind = if *dsse { "aws:kms:dsse" } else { "aws:kms" };
+            let r = r.header("x-amz-server-side-encryption", kind);
             match key_id {
                 Some(id) => r.header("x-amz-server-side-encryption-aws-kms-key-id", id.clone()),
                 None => r,
@@ -900,6 +901,7 @@ impl Client {
             Some("AES256") => Some(Sse::Aes256),
             Some(k) if k.starts_with("aws:kms") => Some(Sse::Kms {
                 key_id: header_str(h, "x-amz-server-side-encryption-aws-kms-key-id"),
+                dsse: k == "aws:kms:dsse",
             }),
             _ => None,
         };
@@ -1307,6 +1309,37 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The encryption headers each kind of SSE puts on a write.
+    #[test]
+    fn sse_headers_name_the_kind() {
+        let sent = |sse: Sse| {
+            let r = Request::new(Op::PutObject, Method::PUT, "b", Some("k"));
+            sse_headers(r, Some(&sse), false).headers
+        };
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            sent(Sse::Aes256),
+            [pair("x-amz-server-side-encryption", "AES256")]
+        );
+        assert_eq!(
+            sent(Sse::Kms {
+                key_id: Some("k1".into()),
+                dsse: false
+            }),
+            [
+                pair("x-amz-server-side-encryption", "aws:kms"),
+                pair("x-amz-server-side-encryption-aws-kms-key-id", "k1")
+            ]
+        );
+        assert_eq!(
+            sent(Sse::Kms {
+                key_id: None,
+                dsse: true
+            }),
+            [pair("x-amz-server-side-encryption", "aws:kms:dsse")]
+        );
+    }
     use crate::s3::config::{parse_endpoint, PayloadSigning};
 
     fn client(endpoint: &str, path_style: bool) -> Client {
@@ -1396,7 +1429,10 @@ mod tests {
         let bad = answer("\"deadbeef\"", None);
         assert!(checked_etag(String::new, &bad, &m, None).is_err());
         assert!(checked_etag(String::new, &bad, &m, Some(&Sse::Aes256)).is_err());
-        let kms = Sse::Kms { key_id: None };
+        let kms = Sse::Kms {
+            key_id: None,
+            dsse: false,
+        };
         assert!(checked_etag(String::new, &bad, &m, Some(&kms)).is_ok());
         // The answer says the object was stored encrypted (a bucket default,
         // a vendor's SSE): an ETag that is not the MD5 is not judged.

@@ -95,8 +95,9 @@ pub struct GetResult {
 pub enum Sse {
     /// `x-amz-server-side-encryption: AES256` (SSE-S3): ETag stays the MD5.
     Aes256,
-    /// `aws:kms` with an optional key id: ETag is not the MD5.
-    Kms { key_id: Option<String> },
+    /// `aws:kms` with an optional key id (`aws:kms:dsse` when `dsse`, the
+    /// dual-layer kind): ETag is not the MD5.
+    Kms { key_id: Option<String>, dsse: bool },
     /// SSE-C: base64 of a 256-bit key the customer holds: ETag is not the MD5.
     Customer { key: [u8; 32] },
 }
@@ -105,7 +106,10 @@ impl std::fmt::Debug for Sse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Sse::Aes256 => write!(f, "AES256"),
-            Sse::Kms { key_id } => write!(f, "aws:kms({key_id:?})"),
+            Sse::Kms { key_id, dsse } => {
+                let kind = if *dsse { "aws:kms:dsse" } else { "aws:kms" };
+                write!(f, "{kind}({key_id:?})")
+            }
             Sse::Customer { .. } => write!(f, "SSE-C(****)"),
         }
     }
