@@ -76,20 +76,20 @@ async fn a_directory_of_2500_keys_costs_3_lists_and_metadata_is_read_once() {
     assert!((3..=3 + 2 * 32).contains(&used), "{used} HEADs");
     assert_eq!(c.counters().requests(Op::ListObjects) - lists, 3);
     fs.releasedir(fh).await.unwrap();
-    let heads = c.counters().requests(Op::HeadObject);
     // Listed again: what the HEADs found is kept while the listing shows
-    // the same version (ETag and Last-Modified), so no HEAD again.
+    // the same version (ETag and Last-Modified), so memory answers these
+    // names (no HEAD for them; a hit may read unread neighbours ahead in
+    // the background, which is why HEADs are not counted here).
     let fh = fs.opendir(dir.ino).await.unwrap();
     fs.releasedir(fh).await.unwrap();
     assert_eq!(c.counters().requests(Op::ListObjects) - lists, 6);
     for n in ["00000", "01234", "02499"] {
-        fs.lookup(dir.ino, OsStr::new(n)).await.unwrap();
+        let a = fs.lookup_cached(dir.ino, OsStr::new(n));
+        assert!(
+            matches!(a, Some(Ok(ref a)) if a.size == 2),
+            "{n}: metadata cached across listings: {a:?}"
+        );
     }
-    assert_eq!(
-        c.counters().requests(Op::HeadObject) - heads,
-        0,
-        "metadata cached across listings"
-    );
 }
 
 /// `ls -l` of a listed directory: every file is HEADed exactly once (read
