@@ -8,7 +8,7 @@ use crate::s3::{BucketClient, Client, ObjectStore, S3Error};
 use crate::upload::budget::Budget;
 use crate::upload::journal::{Journal, JournalError, MountInfo};
 use crate::upload::schedule::{Schedule, MIN_PART};
-use crate::upload::{UploadConfig, MEMORY_WAIT};
+use crate::upload::UploadConfig;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -403,13 +403,9 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             dir_mode: o.dir_mode,
             read_only: o.read_only,
             upload: UploadConfig {
-                schedule: plan.schedule,
-                max_in_flight: o.max_parts_in_flight,
-                hold_first_part: true,
                 budget: Budget::new(plan.write_budget),
-                memory_wait: MEMORY_WAIT,
                 journal: Some(journal.clone()),
-                max_copy_object: crate::upload::MAX_COPY_OBJECT,
+                ..UploadConfig::unbounded(plan.schedule, o.max_parts_in_flight)
             },
             metadata_ttl: o.metadata_ttl,
             max_readahead: o.max_readahead,

@@ -5,7 +5,6 @@ mod common;
 
 use bucketfs::fs::{Fs, FsConfig};
 use bucketfs::s3::{BucketClient, Op};
-use bucketfs::upload::budget::Budget;
 use bucketfs::upload::schedule::Schedule;
 use bucketfs::upload::UploadConfig;
 use common::*;
@@ -14,25 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn fs_config() -> FsConfig {
+    let upload = UploadConfig::unbounded(
+        Schedule {
+            base: 8 << 20,
+            max_part: 128 << 20,
+        },
+        4,
+    );
     FsConfig {
-        prefix: String::new(),
-        uid: 0,
-        gid: 0,
-        file_mode: 0o644,
-        dir_mode: 0o755,
-        read_only: false,
-        upload: UploadConfig::unbounded(
-            Schedule {
-                base: 8 << 20,
-                max_part: 128 << 20,
-            },
-            4,
-        ),
         metadata_ttl: Duration::from_secs(60),
-        max_readahead: 64 << 20,
-        read_budget: Budget::new(64 << 20),
-        max_inodes: bucketfs::fs::MAX_INODES,
-        attrs_from_listing: false,
+        ..FsConfig::new(upload)
     }
 }
 

@@ -56,6 +56,28 @@ pub struct FsConfig {
 /// The default of [`FsConfig::max_inodes`]: about 40 MiB of metadata.
 pub const MAX_INODES: usize = 100_000;
 
+impl FsConfig {
+    /// The whole bucket, owned by root, with `bucketfs mount`'s defaults for
+    /// the rest (modes 644/755, 1 s TTL, 64 MiB read-ahead from a 64 MiB
+    /// budget); callers change what they need.
+    pub fn new(upload: UploadConfig) -> Self {
+        FsConfig {
+            prefix: String::new(),
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            read_only: false,
+            upload,
+            metadata_ttl: Duration::from_secs(1),
+            max_readahead: 64 << 20,
+            read_budget: crate::upload::budget::Budget::new(64 << 20),
+            max_inodes: MAX_INODES,
+            attrs_from_listing: false,
+        }
+    }
+}
+
 /// File attributes as the kernel wants them (converted in `fuse.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attr {

@@ -8,25 +8,18 @@ use crate::upload::schedule::Schedule;
 use bytes::Bytes;
 
 fn cfg() -> FsConfig {
+    let upload = UploadConfig::unbounded(
+        Schedule {
+            base: 5 << 20,
+            max_part: 64 << 20,
+        },
+        2,
+    );
     FsConfig {
-        prefix: String::new(),
-        uid: 0,
-        gid: 0,
-        file_mode: 0o644,
-        dir_mode: 0o755,
-        read_only: false,
-        upload: UploadConfig::unbounded(
-            Schedule {
-                base: 5 << 20,
-                max_part: 64 << 20,
-            },
-            2,
-        ),
         metadata_ttl: Duration::from_secs(60),
         max_readahead: 8 << 20,
         read_budget: crate::upload::budget::Budget::new(16 << 20),
-        max_inodes: MAX_INODES,
-        attrs_from_listing: false,
+        ..FsConfig::new(upload)
     }
 }
 
