@@ -358,6 +358,20 @@ cmd_start() {
     log "garage started in $state (pid $server_pid, s3 127.0.0.1:$s3_port) in $((SECONDS - t0))s"
 }
 
+# is_garage PID: PID is a running garage process (not a recycled pid).
+is_garage() { pid_alive "$1" && grep -qa garage "/proc/$1/cmdline" 2>/dev/null; }
+
+# kill_garage PID WHAT: KILL, then wait up to 5s for it to be gone.
+kill_garage() {
+    local pid="$1" i
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        pid_alive "$pid" || return 0
+        sleep 0.1
+    done
+    if pid_alive "$pid"; then die "$2 (pid $pid) is still running after KILL"; fi
+}
+
 # stop_pids PIDFILE...: stops the garage servers of these pid files (TERM to
 # all, then KILL to those still running after 5s); removes the pid files.
 stop_pids() {
@@ -366,7 +380,7 @@ stop_pids() {
     for f in "$@"; do
         [[ -f "$f" ]] || continue
         pid="$(cat "$f")"
-        if pid_alive "$pid" && grep -qa garage "/proc/$pid/cmdline" 2>/dev/null; then
+        if is_garage "$pid"; then
             kill -TERM "$pid" 2>/dev/null || true
             pids+=("$pid")
         fi
@@ -382,12 +396,7 @@ stop_pids() {
     for pid in "${pids[@]}"; do
         pid_alive "$pid" || continue
         log "garage (pid $pid) ignored TERM for 5s; sending KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            pid_alive "$pid" || break
-            sleep 0.1
-        done
-        pid_alive "$pid" && die "garage (pid $pid) is still running after KILL"
+        kill_garage "$pid" garage
     done
     rm -f "$@"
 }
@@ -735,15 +744,10 @@ cmd_kill_node() {
         exit 2
     }
     node_arg "$1" "$2"
-    local i="$2" pid k
+    local i="$2" pid
     pid="$(node_pid "$i")" || return 0
-    if pid_alive "$pid" && grep -qa garage "/proc/$pid/cmdline" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-        for ((k = 0; k < 50; k++)); do
-            pid_alive "$pid" || break
-            sleep 0.1
-        done
-        pid_alive "$pid" && die "garage node $i (pid $pid) is still running after KILL"
+    if is_garage "$pid"; then
+        kill_garage "$pid" "garage node $i"
     fi
     rm -f "$state/node$i/garage.pid"
     break_connections_to "$i"
