@@ -166,16 +166,17 @@ fn a_part_etag_that_is_not_the_md5_is_refused() {
 /// REPLACE copy must send again.
 #[test]
 fn head_reads_encryption_and_standard_headers() {
-    let s = canned(
-        200,
+    // What a HEAD answered with these headers (after the ETag) says.
+    let head = |headers: &'static str| {
+        let s = canned(200, headers, "");
+        rt().block_on(client(&s.url, 1).head_object("b", "k"))
+            .unwrap()
+    };
+    let h = head(
         "etag: \"e\"\r\nx-amz-server-side-encryption: aws:kms\r\n\
          x-amz-server-side-encryption-aws-kms-key-id: arn:aws:kms:eu-west-1:1:key/k\r\n\
          cache-control: no-cache\r\ncontent-encoding: gzip\r\n",
-        "",
     );
-    let h = rt()
-        .block_on(client(&s.url, 1).head_object("b", "k"))
-        .unwrap();
     assert_eq!(
         h.encryption,
         Some(bucketfs::s3::types::Sse::Kms {
@@ -190,14 +191,7 @@ fn head_reads_encryption_and_standard_headers() {
             ("content-encoding".to_string(), "gzip".to_string())
         ]
     );
-    let s = canned(
-        200,
-        "etag: \"e\"\r\nx-amz-server-side-encryption: aws:kms:dsse\r\n",
-        "",
-    );
-    let h = rt()
-        .block_on(client(&s.url, 1).head_object("b", "k"))
-        .unwrap();
+    let h = head("etag: \"e\"\r\nx-amz-server-side-encryption: aws:kms:dsse\r\n");
     assert_eq!(
         h.encryption,
         Some(bucketfs::s3::types::Sse::Kms {
@@ -206,14 +200,7 @@ fn head_reads_encryption_and_standard_headers() {
         }),
         "dual-layer KMS stays dual-layer"
     );
-    let s = canned(
-        200,
-        "etag: \"e\"\r\nx-amz-server-side-encryption: AES256\r\n",
-        "",
-    );
-    let h = rt()
-        .block_on(client(&s.url, 1).head_object("b", "k"))
-        .unwrap();
+    let h = head("etag: \"e\"\r\nx-amz-server-side-encryption: AES256\r\n");
     assert_eq!(h.encryption, Some(bucketfs::s3::types::Sse::Aes256));
     assert!(h.system.is_empty());
 }
