@@ -237,6 +237,10 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
+/// A fault "code" that is no answer at all: the connection breaks after the
+/// request was sent (a transport error whose outcome is unknown).
+pub const CONNECTION_RESET: &str = "ConnectionReset";
+
 /// The HTTP status S3 answers with an error code, so an injected fault is
 /// classified (retryable or not) exactly as the real answer would be.
 /// Unknown codes get 400.
@@ -637,11 +641,21 @@ impl MemoryStore {
                     if strike == Strike::After {
                         let _ = act(self);
                     }
-                    Err(service(
-                        status_for_code(&code),
-                        &code,
-                        format!("injected fault: call {n} of {op:?}"),
-                    ))
+                    if code == CONNECTION_RESET {
+                        // The connection broke with the request sent: its
+                        // outcome is unknown to the caller.
+                        Err(S3Error::Transport {
+                            kind: super::error::TransportKind::Broken,
+                            endpoint: "memory".into(),
+                            detail: format!("injected connection reset: call {n} of {op:?}"),
+                        })
+                    } else {
+                        Err(service(
+                            status_for_code(&code),
+                            &code,
+                            format!("injected fault: call {n} of {op:?}"),
+                        ))
+                    }
                 }
             };
             if op == Op::HeadObject {

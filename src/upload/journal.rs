@@ -19,7 +19,7 @@
 
 use crate::s3::{ObjectStore, S3Error};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -405,9 +405,20 @@ impl Journal {
     /// matched to the server's in-progress uploads of its key that began
     /// within [`INTENT_WINDOW`] of the intent.
     pub async fn sweep(&self, store: &dyn ObjectStore, entries: &[Entry]) -> SweepReport {
+        self.sweep_sparing(store, entries, &HashSet::new()).await
+    }
+
+    /// [`Journal::sweep`], leaving alone the uploads in `spare` (this
+    /// mount's live ones, of the same key as an entry matched by listing).
+    async fn sweep_sparing(
+        &self,
+        store: &dyn ObjectStore,
+        entries: &[Entry],
+        spare: &HashSet<String>,
+    ) -> SweepReport {
         let mut r = SweepReport::default();
         for e in entries {
-            match self.settle(store, e).await {
+            match self.settle(store, e, spare).await {
                 Ok(0) => {
                     r.gone += 1;
                     self.end(e.id);
@@ -427,7 +438,12 @@ impl Journal {
         r
     }
 
-    async fn settle(&self, store: &dyn ObjectStore, e: &Entry) -> Result<usize, S3Error> {
+    async fn settle(
+        &self,
+        store: &dyn ObjectStore,
+        e: &Entry,
+        spare: &HashSet<String>,
+    ) -> Result<usize, S3Error> {
         if let Some(id) = &e.upload_id {
             return match store.abort_multipart_upload(&e.key, id).await {
                 Ok(()) => {
@@ -442,7 +458,11 @@ impl Journal {
         let to = UNIX_EPOCH + Duration::from_secs(e.started) + INTENT_WINDOW;
         let mut n = 0;
         for u in store.list_uploads(&e.key).await? {
-            if u.key != e.key || u.initiated < from || u.initiated > to {
+            if u.key != e.key
+                || u.initiated < from
+                || u.initiated > to
+                || spare.contains(&u.upload_id)
+            {
                 continue;
             }
             match store.abort_multipart_upload(&u.key, &u.upload_id).await {
@@ -469,7 +489,24 @@ impl Journal {
                 self.end(*id);
             }
         }
-        self.sweep(store, &entries).await;
+        // This mount's own uploads of the same keys are not matched: the
+        // live ones are spared, and an entry whose key has a Create in
+        // progress (no ID recorded yet) waits for the next round.
+        let live: Vec<Entry> = self
+            .entries()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| !ids.contains(&e.id))
+            .collect();
+        let spare: HashSet<String> = live.iter().filter_map(|e| e.upload_id.clone()).collect();
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| {
+                e.upload_id.is_some()
+                    || !live.iter().any(|l| l.upload_id.is_none() && l.key == e.key)
+            })
+            .collect();
+        self.sweep_sparing(store, &entries, &spare).await;
         self.doomed().len()
     }
 

@@ -188,38 +188,52 @@ impl Target {
     async fn upload_id(&self) -> Result<String, S3Error> {
         self.upload_id
             .get_or_try_init(|| async {
-                let entry = match &self.journal {
-                    Some(j) => {
-                        let (j2, key) = (j.clone(), self.key.clone());
-                        Some(on_disk(move || j2.begin(&key)).await.map_err(|e| {
-                            tracing::error!(key = %self.key, dir = %j.dir().display(), error = %e, "journal: cannot record an upload; refusing to start it");
-                            S3Error::Local(format!("journal {}: {e}", j.dir().display()))
-                        })?)
-                    }
-                    None => None,
-                };
-                let created = self
-                    .store
-                    .create_multipart_upload(&self.key, &self.opts)
-                    .await;
-                let (Some(j), Some(n)) = (&self.journal, entry) else {
-                    return created;
-                };
-                match &created {
-                    Ok(id) => {
-                        let _ = self.entry.set(n);
-                        let (j2, id2) = (j.clone(), id.clone());
-                        if let Err(e) = on_disk(move || j2.set_upload_id(n, &id2)).await {
-                            // The intent stays: the next mount finds the upload by listing.
-                            tracing::warn!(key = %self.key, error = %e, "journal: cannot record the upload ID");
+                let mut attempt = 1;
+                loop {
+                    let entry = match &self.journal {
+                        Some(j) => {
+                            let (j2, key) = (j.clone(), self.key.clone());
+                            Some(on_disk(move || j2.begin(&key)).await.map_err(|e| {
+                                tracing::error!(key = %self.key, dir = %j.dir().display(), error = %e, "journal: cannot record an upload; refusing to start it");
+                                S3Error::Local(format!("journal {}: {e}", j.dir().display()))
+                            })?)
+                        }
+                        None => None,
+                    };
+                    let created = self
+                        .store
+                        .create_multipart_upload(&self.key, &self.opts)
+                        .await;
+                    let (Some(j), Some(n)) = (&self.journal, entry) else {
+                        return created;
+                    };
+                    match &created {
+                        Ok(id) => {
+                            let _ = self.entry.set(n);
+                            let (j2, id2) = (j.clone(), id.clone());
+                            if let Err(e) = on_disk(move || j2.set_upload_id(n, &id2)).await {
+                                // The intent stays: the next mount finds the upload by listing.
+                                tracing::warn!(key = %self.key, error = %e, "journal: cannot record the upload ID");
+                            }
+                        }
+                        // The server said no: nothing was created.
+                        Err(e) if e.never_sent() || matches!(e, S3Error::Service { .. }) => j.end(n),
+                        // Maybe created: the reaper looks for it by listing
+                        // (sparing the uploads this mount is using), so one
+                        // more Create is safe; after a broken connection it
+                        // goes to the next endpoint (a cluster node lost
+                        // mid-request).
+                        Err(e) => {
+                            j.doom(n);
+                            if attempt < CREATE_ATTEMPTS && matches!(e, S3Error::Transport { .. }) {
+                                tracing::warn!(key = %self.key, attempt, error = %e, "CreateMultipartUpload: outcome unknown; creating again");
+                                attempt += 1;
+                                continue;
+                            }
                         }
                     }
-                    // The server said no: nothing was created.
-                    Err(e) if e.never_sent() || matches!(e, S3Error::Service { .. }) => j.end(n),
-                    // Maybe created: the reaper looks for it by listing.
-                    Err(_) => j.doom(n),
+                    return created;
                 }
-                created
             })
             .await
             .inspect(|id| tracing::debug!(key = %self.key, upload_id = %id, "multipart upload ready"))
@@ -411,6 +425,11 @@ pub struct Upload {
     /// copied ones); summing the schedule is too slow to do per write.
     max_size: u64,
 }
+
+/// CreateMultipartUploads tried when the outcome of one is unknown (the
+/// connection broke after it was sent); with a journal only, whose reaper
+/// aborts the upload an unknown outcome may have made.
+const CREATE_ATTEMPTS: u32 = 3;
 
 /// Largest CopyObject (S3's limit); larger copies are multipart.
 pub const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;

@@ -525,3 +525,54 @@ async fn the_journal_follows_each_upload_to_its_end() {
     assert!(store.uploads().is_empty());
     assert!(j.entries().unwrap().is_empty());
 }
+
+/// A CreateMultipartUpload whose connection breaks after it was sent (a
+/// cluster node lost mid-request): its outcome is unknown, so with a
+/// journal it is tried again, and the file still lands. The upload the
+/// first attempt made is aborted by the reaper, which spares the live one
+/// (same key, same minute) while it runs.
+#[tokio::test]
+async fn a_create_with_an_unknown_outcome_is_tried_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let info = journal::MountInfo {
+        bucket: "b".into(),
+        prefix: String::new(),
+        mountpoint: "/m".into(),
+        pid: 1,
+    };
+    let (j, _) = Journal::open(tmp.path(), &info).unwrap();
+    let j = Arc::new(j);
+    let store = Arc::new(MemoryStore::new());
+    store.lose_response_nth(
+        Op::CreateMultipartUpload,
+        1,
+        crate::s3::memory::CONNECTION_RESET,
+    );
+    let mut c = cfg(5 * MIB, 2);
+    c.journal = Some(j.clone());
+    let body = data(12 * MIB, 24);
+    let mut u = upload(&store, "k", c);
+    u.write(0, &body).await.unwrap();
+    for _ in 0..500 {
+        if u.upload_id().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let live = u
+        .upload_id()
+        .expect("created on the second try")
+        .to_string();
+    assert_eq!(store.calls(Op::CreateMultipartUpload), 2);
+    assert_eq!(store.uploads().len(), 2, "the first one was made too");
+    assert_eq!(j.reap(store.as_ref()).await, 0);
+    assert_eq!(
+        store.uploads(),
+        [("k".to_string(), live)],
+        "the orphan is aborted, the live upload spared"
+    );
+    u.finish().await.unwrap();
+    assert!(store.object("k").unwrap().body[..] == body[..]);
+    assert!(store.uploads().is_empty());
+    assert!(j.entries().unwrap().is_empty());
+}
