@@ -15,7 +15,9 @@ pub mod xml;
 
 pub use config::{ConfigOverrides, PayloadSigning, S3Config};
 pub use error::{Retry, S3Error, TransportKind};
-pub use http::{bare_etag, hex, md5_of, multipart_etag, parse_hex_md5, Client, Counters, Op};
+pub use http::{
+    bare_etag, hex, md5_of, multipart_etag, parse_hex_md5, unhex, Client, Counters, Op,
+};
 pub use sigv4::Credentials;
 pub use store::{BucketClient, ObjectStore, StoreFuture};
 pub use types::*;
