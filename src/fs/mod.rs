@@ -987,14 +987,21 @@ impl Fs {
     /// itself: an object copied, replaced or deleted meanwhile would lose
     /// them, or come back), then runs `f` on the inode under the same lock.
     async fn settled<T>(&self, ino: u64, f: impl Fn(&mut Inode) -> T) -> FsResult<T> {
+        self.after_attr_writes(|t| match t.get_mut(ino) {
+            None => Some(Err(FsError::NotFound)),
+            Some(i) if !i.persisting => Some(Ok(f(i))),
+            Some(_) => None,
+        })
+        .await
+    }
+
+    /// Runs `ready` on the inode table, again each time a write of pending
+    /// attributes ends, until it answers.
+    async fn after_attr_writes<T>(&self, ready: impl Fn(&mut InodeTable) -> Option<T>) -> T {
         loop {
             let done = self.persisted.notified();
-            {
-                let mut t = self.table();
-                let i = t.get_mut(ino).ok_or(FsError::NotFound)?;
-                if !i.persisting {
-                    return Ok(f(i));
-                }
+            if let Some(v) = ready(&mut self.table()) {
+                return v;
             }
             // Bounded by the copy's own retries and deadlines; the timeout
             // only guards against a missed wake-up.
@@ -1999,13 +2006,8 @@ impl Fs {
         // Attribute writes in flight under it end first (a copy made before
         // one lands would miss it; one landing after the delete would bring
         // the old key back).
-        loop {
-            let done = self.persisted.notified();
-            if !self.table().persisting_under(&src.key) {
-                break;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
-        }
+        self.after_attr_writes(|t| (!t.persisting_under(&src.key)).then_some(()))
+            .await;
         match self.lookup(newparent, OsStr::new(newname)).await {
             Ok(_) if flags & libc::RENAME_NOREPLACE != 0 => return Err(FsError::Exists),
             Ok(a) if a.kind != Kind::Dir => return Err(FsError::NotDir),
