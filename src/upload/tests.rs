@@ -469,20 +469,24 @@ async fn a_lost_complete_answer_is_found_by_asking() {
     assert!(store.object("again").unwrap().body[..] == body[..]);
 }
 
-/// With a journal: the entry exists (with its upload ID) while the upload
-/// runs and is gone once it completes; an abort that fails leaves the
-/// entry to the reaper, which aborts the upload once the store answers.
-#[tokio::test]
-async fn the_journal_follows_each_upload_to_its_end() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A journal of a mount of bucket "b" at "/m", under `dir`.
+fn journal_in(dir: &std::path::Path) -> Arc<Journal> {
     let info = journal::MountInfo {
         bucket: "b".into(),
         prefix: String::new(),
         mountpoint: "/m".into(),
         pid: 1,
     };
-    let (j, _) = Journal::open(tmp.path(), &info).unwrap();
-    let j = Arc::new(j);
+    Arc::new(Journal::open(dir, &info).unwrap().0)
+}
+
+/// With a journal: the entry exists (with its upload ID) while the upload
+/// runs and is gone once it completes; an abort that fails leaves the
+/// entry to the reaper, which aborts the upload once the store answers.
+#[tokio::test]
+async fn the_journal_follows_each_upload_to_its_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = journal_in(tmp.path());
     let store = Arc::new(MemoryStore::new());
     let mut c = cfg(5 * MIB, 2);
     c.journal = Some(j.clone());
@@ -534,14 +538,7 @@ async fn the_journal_follows_each_upload_to_its_end() {
 #[tokio::test]
 async fn a_create_with_an_unknown_outcome_is_tried_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let info = journal::MountInfo {
-        bucket: "b".into(),
-        prefix: String::new(),
-        mountpoint: "/m".into(),
-        pid: 1,
-    };
-    let (j, _) = Journal::open(tmp.path(), &info).unwrap();
-    let j = Arc::new(j);
+    let j = journal_in(tmp.path());
     let store = Arc::new(MemoryStore::new());
     store.lose_response_nth(
         Op::CreateMultipartUpload,
