@@ -66,6 +66,8 @@ usage: ${0##*/} install
                     until its S3 API answers and it is connected to the running nodes
 
 Environment: BUCKETFS_CACHE (default \$HOME/.cache/bucketfs)
+             BUCKETFS_GARAGE_DB (sqlite, the default, or lmdb: Garage's own default,
+             faster on small requests but limited to keys of about 470 bytes)
 EOF
 }
 
@@ -186,9 +188,15 @@ kill_server() {
 # write_config FILE DIR S3_PORT RPC_PORT ADMIN_PORT REPLICATION RPC_SECRET ADMIN_TOKEN METRICS_TOKEN [PEERS]:
 # a server config with metadata and data under DIR (mode 600: it holds secrets).
 # PEERS: the other nodes of a cluster as "ID@127.0.0.1:PORT" words, for bootstrap_peers.
+# db_engine is sqlite unless BUCKETFS_GARAGE_DB says otherwise. Garage's own default, LMDB,
+# spends about half the CPU on each small PUT and HEAD, but it cannot store a key of more
+# than about 470 bytes (the PUT fails with 503), and the tests need S3's 1,024.
 write_config() {
     local file="$1" dir="$2" s3="$3" rpc="$4" admin="$5" replication="$6"
     local rpc_secret="$7" admin_token="$8" metrics_token="$9" peers="${10:-}" p bootstrap=""
+    local db_engine="${BUCKETFS_GARAGE_DB:-sqlite}"
+    [[ "$db_engine" == sqlite || "$db_engine" == lmdb ]] ||
+        die "BUCKETFS_GARAGE_DB must be sqlite or lmdb, not '$db_engine'"
     for p in $peers; do
         bootstrap+="${bootstrap:+, }\"$p\""
     done
@@ -198,7 +206,7 @@ write_config() {
         cat >"$file" <<EOF
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
-db_engine = "sqlite"
+db_engine = "$db_engine"
 replication_factor = $replication
 compression_level = "none"
 
