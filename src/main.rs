@@ -8,11 +8,6 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-// glibc's malloc cost about a tenth of the daemon's CPU in a cold `ls -l`
-// (many small, short-lived request and reply buffers across threads).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Mount an S3-compatible bucket as a directory, and manage its uploads.
 ///
 /// Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
