@@ -413,19 +413,39 @@ impl InodeTable {
     /// Keeps the table near `max` inodes by dropping idle ones the kernel
     /// does not know (names listings brought in), except children of
     /// `keep` (the directory being listed). Returns how many went.
+    ///
+    /// Each dropped name makes its directory's listing incomplete, so names
+    /// go directory by directory: first those of directories whose listing
+    /// is already incomplete, then those listed longest ago. A few names
+    /// from every directory would cost every directory its listing. Past
+    /// `max` the table is trimmed to 7/8 of it, so a walk of many
+    /// directories sorts the candidates once per several listings.
     pub fn trim(&mut self, max: usize, keep: u64) -> usize {
         if self.inodes.len() <= max {
             return 0;
         }
-        let excess = self.inodes.len() - max;
-        let victims: Vec<u64> = self
+        let excess = self.inodes.len() - max + max / 8;
+        // (until when the parent's listing is complete, parent, inode)
+        let mut victims: Vec<(Option<Instant>, u64, u64)> = self
             .inodes
             .values()
             .filter(|i| i.parent != keep && Self::idle(i))
-            .map(|i| i.ino)
-            .take(excess)
+            .map(|i| {
+                let listed = self.inodes.get(&i.parent).and_then(|p| p.complete_until);
+                (listed, i.parent, i.ino)
+            })
             .collect();
-        victims.into_iter().filter(|v| self.evict(*v)).count()
+        victims.sort_unstable();
+        let mut dropped = 0;
+        for (_, _, ino) in victims {
+            if dropped == excess {
+                break;
+            }
+            if self.evict(ino) {
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// Moves a file's name to `newparent`/`newname` (its key follows);

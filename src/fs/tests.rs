@@ -150,6 +150,55 @@ async fn the_inode_table_forgets_and_stays_bounded() {
     assert!(fs.lookup(root, OsStr::new("d2")).await.is_ok());
 }
 
+/// Past `max_inodes`, names go directory by directory, the one listed
+/// longest ago first: the other directories keep complete listings, so a
+/// name absent from them still costs no request.
+#[tokio::test]
+async fn trimming_drops_whole_directories_listed_longest_ago() {
+    let store = Arc::new(MemoryStore::new());
+    for d in ["d1", "d2", "d3"] {
+        for i in 0..20 {
+            let k = format!("{d}/f{i:02}");
+            store.insert_object(&k, Bytes::from_static(b"12"), &PutOptions::default());
+        }
+    }
+    let mut c = cfg();
+    c.max_inodes = 50;
+    let fs = Fs::new(store.clone(), c);
+    let root = fs.root();
+    let mut dirs = Vec::new();
+    for d in ["d1", "d2", "d3"] {
+        let a = fs.lookup(root, OsStr::new(d)).await.unwrap();
+        fs.remember(a.ino);
+        assert_eq!(names(&fs, a.ino).await.len(), 22);
+        dirs.push(a.ino);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // root, 3 directories and 60 names, 14 over the limit: trimmed to 7/8
+    // of 50, which is d1's 20 names.
+    assert_eq!(fs.inode_count(), 44);
+    let (heads, lists) = (store.calls(Op::HeadObject), store.calls(Op::ListObjects));
+    for &d in &dirs[1..] {
+        assert!(matches!(
+            fs.lookup(d, OsStr::new("nope")).await,
+            Err(FsError::NotFound)
+        ));
+    }
+    assert_eq!(
+        (store.calls(Op::HeadObject), store.calls(Op::ListObjects)),
+        (heads, lists),
+        "d2 and d3 are still complete"
+    );
+    assert!(matches!(
+        fs.lookup(dirs[0], OsStr::new("nope")).await,
+        Err(FsError::NotFound)
+    ));
+    assert!(
+        store.calls(Op::HeadObject) + store.calls(Op::ListObjects) > heads + lists,
+        "d1 lost its listing and asks"
+    );
+}
+
 #[test]
 fn content_types_follow_names() {
     assert_eq!(content_type_of("d/a.html").as_deref(), Some("text/html"));
