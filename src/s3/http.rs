@@ -1170,7 +1170,9 @@ impl Client {
         let mut r = Request::new(Op::CompleteMultipartUpload, Method::POST, bucket, Some(key))
             .query("uploadId", upload_id)
             .header("content-type", "application/xml")
-            .body(body, None);
+            // With its MD5 the XML goes unsigned like every other body: OBS's
+            // V4 accepts no signed payload.
+            .body(body.clone(), Some(md5_of(&body)));
         r.idempotent = false;
         r.error_in_200 = true;
         r.timeout = Deadline::Fixed(SERVER_WORK_TIMEOUT);
