@@ -27,10 +27,11 @@ struct Cli {
 struct S3Args {
     /// S3 endpoint, e.g. http://127.0.0.1:3900; repeat it (or separate with
     /// commas) for several nodes of one service, which requests fail over
-    /// between [default: AWS_ENDPOINT_URL, else AWS S3 of the region]
+    /// between [default: AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else AWS S3
+    /// of the region]
     #[arg(long, global = true, value_name = "URL")]
     endpoint_url: Vec<String>,
-    /// Signing region [default: AWS_REGION, else us-east-1]
+    /// Signing region [default: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1]
     #[arg(long, global = true)]
     region: Option<String>,
     /// Address buckets as http://host/bucket (automatic for IP addresses and localhost)
@@ -167,7 +168,8 @@ struct MountArgs {
     #[arg(long, default_value_t = 2)]
     fuse_threads: usize,
     /// Where the crash journal and the status socket live [default:
-    /// $XDG_STATE_HOME/bucketfs, else ~/.local/state/bucketfs; /var/lib/bucketfs for root]
+    /// $XDG_STATE_HOME/bucketfs, else ~/.local/state/bucketfs; /var/lib/bucketfs for root or
+    /// without HOME]
     #[arg(long, value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
     /// At SIGTERM/SIGINT, how long closes in progress may take before what
