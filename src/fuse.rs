@@ -8,9 +8,9 @@ use crate::fs::inode::Kind;
 use crate::fs::{Attr, Fs, FsError, SetAttr};
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::path::Path;
@@ -596,6 +596,27 @@ impl Filesystem for FuseFs {
     ) {
         // cp --sparse=always ignores only EOPNOTSUPP and ENOSYS.
         reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+    }
+
+    /// No ioctl is supported (FICLONE, FS_IOC_GETFLAGS, terminal probes):
+    /// ENOTTY, the usual answer, without fuser's warning per call.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        tracing::debug!(
+            ino = ino.0,
+            cmd = format_args!("{cmd:#x}"),
+            "ioctl: not supported"
+        );
+        reply.error(Errno::from_i32(libc::ENOTTY));
     }
 }
 

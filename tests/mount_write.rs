@@ -308,7 +308,8 @@ async fn overwrite_with_o_trunc_replaces_the_object() {
     assert_eq!(c.head_object(&b, "f").await.unwrap().size, new.len() as u64);
 }
 
-/// Names: non-UTF-8 is EILSEQ, a key over 1,024 bytes ENAMETOOLONG, xattrs ENOTSUP.
+/// Names: non-UTF-8 is EILSEQ, a key over 1,024 bytes ENAMETOOLONG, xattrs ENOTSUP,
+/// ioctls ENOTTY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_and_xattrs() {
     use std::os::unix::ffi::OsStrExt;
@@ -342,6 +343,15 @@ async fn names_and_xattrs() {
     assert_eq!(
         std::io::Error::last_os_error().raw_os_error(),
         Some(libc::ENOTSUP)
+    );
+    // ioctls (here FS_IOC_GETFLAGS, as lsattr asks) are ENOTTY.
+    let f = std::fs::File::open(m.path("x")).unwrap();
+    let mut attr: libc::c_long = 0;
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), 0x8008_6601, &mut attr) };
+    assert_eq!(rc, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENOTTY)
     );
 }
 
