@@ -11,7 +11,7 @@
 //! string with it ([`signature`]). [`sign`] runs them all and returns the
 //! headers to add to the request.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
