@@ -9,6 +9,7 @@
 
 pub mod budget;
 pub mod journal;
+pub mod md5x;
 pub mod schedule;
 
 use crate::s3::{bare_etag, hex, md5_of, multipart_etag, ObjectStore, PutOptions, S3Error};
@@ -316,20 +317,22 @@ impl Target {
     }
 
     /// Sends one part; its memory is given back when the request ends.
+    /// `more`: more parts of this file follow soon, so its MD5 may wait a
+    /// moment to be computed alongside theirs ([`md5x`]).
     async fn send(
         self,
         number: u32,
         body: Bytes,
         grant: Option<Grant>,
+        more: bool,
     ) -> Result<SentPart, S3Error> {
         let _counted = InFlight::new(&self.progress);
         let upload_id = self.upload_id().await?;
-        // 8 MiB of MD5 is ~15 ms of CPU: off the async workers, which keep
+        // 8 MiB of MD5 is ~13 ms of CPU: off the async workers, which keep
         // answering the writer's FUSE requests meanwhile.
-        let b = body.clone();
-        let md5 = tokio::task::spawn_blocking(move || md5_of(&b))
-            .await
-            .map_err(|e| S3Error::malformed("UploadPart", format!("hashing part {number}: {e}")))?;
+        let md5 = md5x::PARTS.md5(body.clone(), more).await.ok_or_else(|| {
+            S3Error::malformed("UploadPart", format!("hashing part {number} failed"))
+        })?;
         let len = body.len() as u64;
         let etag = self
             .store
@@ -384,9 +387,12 @@ impl Spill for HeldPart {
             unreachable!("checked above");
         };
         tracing::info!(key = %self.target.key, bytes = body.len(), "memory short: sending the held first part now; later writes into it will fail");
-        let task = self
-            .rt
-            .spawn(self.target.clone().send(self.number, body.freeze(), grant));
+        let task = self.rt.spawn(self.target.clone().send(
+            self.number,
+            body.freeze(),
+            grant,
+            false,
+        ));
         *st = HeldState::Spilled(task);
     }
 
@@ -797,7 +803,8 @@ impl Upload {
             self.cfg.budget.register(weak);
             self.held = Some(held);
         } else {
-            self.send_part(self.tail_no, full.freeze(), grant).await?;
+            self.send_part(self.tail_no, full.freeze(), grant, true)
+                .await?;
         }
         self.tail_no += 1;
         self.tail_start += part_size;
@@ -831,16 +838,18 @@ impl Upload {
         number: u32,
         body: Bytes,
         grant: Option<Grant>,
+        more: bool,
     ) -> Result<(), UploadError> {
         while self.in_flight.len() >= self.cfg.max_in_flight.max(1) {
             self.reap_one().await?;
         }
         self.multipart = true;
-        self.in_flight.spawn(
-            self.target
-                .clone()
-                .send(number + self.prefix_parts, body, grant),
-        );
+        self.in_flight.spawn(self.target.clone().send(
+            number + self.prefix_parts,
+            body,
+            grant,
+            more,
+        ));
         Ok(())
     }
 
@@ -903,7 +912,7 @@ impl Upload {
             };
         }
         match first {
-            Some(HeldState::Held(b, g)) => self.send_part(1, b.freeze(), g).await?,
+            Some(HeldState::Held(b, g)) => self.send_part(1, b.freeze(), g, false).await?,
             Some(HeldState::Spilled(task)) => {
                 self.in_flight.spawn(async move {
                     task.await.unwrap_or_else(|e| {
@@ -919,7 +928,7 @@ impl Upload {
         if !self.tail.is_empty() {
             let last = std::mem::take(&mut self.tail).freeze();
             let g = self.tail_grant.take();
-            self.send_part(self.tail_no, last, g).await?;
+            self.send_part(self.tail_no, last, g, false).await?;
         }
         while !self.in_flight.is_empty() {
             self.reap_one().await?;
