@@ -203,6 +203,9 @@ struct Faults {
     all: HashMap<usize, String>,
     /// Every call of the op sleeps this long first.
     delay: HashMap<usize, Duration>,
+    /// Every call of the op sleeps this long after acting, before it answers
+    /// (a slow answer: the request took effect, the caller does not know yet).
+    delay_after: HashMap<usize, Duration>,
 }
 
 /// An in-memory bucket implementing [`ObjectStore`] with S3's rules, fault
@@ -532,6 +535,17 @@ impl MemoryStore {
         }
     }
 
+    /// Makes every later call of `op` act at once but answer `d` later: a
+    /// caller cancelled meanwhile never learns that it took effect.
+    pub fn delay_answer(&self, op: Op, d: Duration) {
+        let mut f = lock(&self.faults);
+        if d.is_zero() {
+            f.delay_after.remove(&(op as usize));
+        } else {
+            f.delay_after.insert(op as usize, d);
+        }
+    }
+
     // ---- observation ----
 
     /// How many calls of `op` were made (failed and injected ones included),
@@ -658,6 +672,10 @@ impl MemoryStore {
                     }
                 }
             };
+            let after = lock(&self.faults).delay_after.get(&(op as usize)).copied();
+            if let Some(d) = after {
+                tokio::time::sleep(d).await;
+            }
             if op == Op::HeadObject {
                 result.map_err(as_head_error)
             } else {

@@ -165,6 +165,11 @@ struct Target {
     opts: PutOptions,
     /// Created once, by whoever sends a part first.
     upload_id: Arc<OnceCell<String>>,
+    /// Held by a CreateMultipartUpload while it runs (in a task of its own,
+    /// which no cancelled caller can cut short); the abort takes it to wait
+    /// for a running Create and, once `aborting` is set, to start none.
+    creating: Arc<tokio::sync::Mutex<()>>,
+    aborting: Arc<std::sync::atomic::AtomicBool>,
     journal: Option<Arc<Journal>>,
     /// The journal entry of this upload, once written.
     entry: Arc<std::sync::OnceLock<u64>>,
@@ -178,15 +183,37 @@ impl Target {
             key: key.into(),
             opts,
             upload_id: Arc::new(OnceCell::new()),
+            creating: Arc::new(tokio::sync::Mutex::new(())),
+            aborting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             journal: cfg.journal.clone(),
             entry: Arc::new(std::sync::OnceLock::new()),
             progress: Arc::new(Progress::new()),
         }
     }
 
-    /// The upload ID, creating the upload on first use. The journal gets
-    /// the intent before the request and the ID after it.
+    /// The upload ID, creating the upload on first use. The Create runs in
+    /// a task of its own: a part task aborted while it waits (the file
+    /// failed, or was unlinked) must not cut a Create short after the
+    /// request left, or the upload it made would have no known ID to abort.
     async fn upload_id(&self) -> Result<String, S3Error> {
+        if let Some(id) = self.upload_id.get() {
+            return Ok(id.clone());
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _creating = me.creating.lock().await;
+            if me.aborting.load(Ordering::Acquire) {
+                return Err(S3Error::Local("the upload was aborted".into()));
+            }
+            me.create().await
+        })
+        .await
+        .unwrap_or_else(|e| Err(S3Error::Local(format!("CreateMultipartUpload task: {e}"))))
+    }
+
+    /// The upload ID, creating the upload if no one has. The journal gets
+    /// the intent before the request and the ID after it.
+    async fn create(&self) -> Result<String, S3Error> {
         self.upload_id
             .get_or_try_init(|| async {
                 let mut attempt = 1;
@@ -1096,6 +1123,10 @@ impl Upload {
                 let _ = task.await;
             }
         }
+        // A Create still running (its caller was just aborted) ends first,
+        // so its ID is known below; none starts after this.
+        self.target.aborting.store(true, Ordering::Release);
+        drop(self.target.creating.lock().await);
         if !self.ended {
             self.ended = true;
             if let Some(id) = self.target.upload_id.get() {

@@ -573,3 +573,22 @@ async fn a_create_with_an_unknown_outcome_is_tried_again() {
     assert!(store.uploads().is_empty());
     assert!(j.entries().unwrap().is_empty());
 }
+
+/// An abort while CreateMultipartUpload is on its way (it took effect, its
+/// answer is slow) waits for it and aborts the upload it made: the part
+/// task that started it is cancelled, the Create is not.
+#[tokio::test]
+async fn an_abort_during_create_leaves_no_upload() {
+    let store = Arc::new(MemoryStore::new());
+    store.delay_answer(Op::CreateMultipartUpload, Duration::from_millis(300));
+    let mut u = upload(&store, "k", cfg(5 * MIB, 2));
+    // Part 1 is held; part 2 goes out in a task, which creates the upload.
+    u.write(0, &data(12 * MIB, 3)).await.unwrap();
+    while store.in_flight(Op::CreateMultipartUpload) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    u.abort().await;
+    assert_eq!(store.calls(Op::CreateMultipartUpload), 1);
+    assert!(store.uploads().is_empty(), "{:?}", store.uploads());
+    assert_eq!(store.calls(Op::AbortMultipartUpload), 1);
+}
