@@ -129,8 +129,8 @@ struct MountArgs {
     /// Largest part the schedule grows to (a part is held whole in memory for its MD5)
     #[arg(long, default_value = "128MiB", value_parser = parse_size_arg)]
     max_part_size: u64,
-    /// Parts of one file uploading at once
-    #[arg(long, default_value_t = 4)]
+    /// Parts of one file uploading at once (their MD5s are computed up to four at a time)
+    #[arg(long, default_value_t = 8)]
     max_parts_in_flight: usize,
     /// Memory for all buffers: 3/4 for parts being written or sent (writers
     /// wait when it is full), 1/4 for read-ahead. A part must fit in it, so

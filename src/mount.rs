@@ -586,7 +586,7 @@ mod tests {
             dir_mode: 0o755,
             part_size: 8 << 20,
             max_part_size: 128 << 20,
-            max_parts_in_flight: 4,
+            max_parts_in_flight: 8,
             memory_limit: 256 << 20,
             fuse_threads: 2,
             metadata_ttl: Duration::from_secs(1),
