@@ -14,7 +14,8 @@
 //! crate in the tests.
 
 use bytes::Bytes;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -127,8 +128,26 @@ pub fn md5_lanes<const N: usize>(msgs: [&[u8]; N]) -> [[u8; 16]; N] {
 }
 
 struct Job {
+    id: u64,
     body: Bytes,
     done: oneshot::Sender<[u8; 16]>,
+}
+
+static NEXT_JOB: AtomicU64 = AtomicU64::new(0);
+
+/// Takes a caller's job back out of the waiting list if the caller goes
+/// away first (its part task aborted): a part's bytes must not outlive the
+/// task that holds its memory grant.
+struct Unqueue<'a> {
+    batcher: &'a Batcher,
+    id: u64,
+}
+
+impl Drop for Unqueue<'_> {
+    fn drop(&mut self) {
+        let mut w = self.batcher.lock();
+        w.retain(|j| j.id != self.id);
+    }
 }
 
 /// Parts waiting to be hashed together.
@@ -148,8 +167,12 @@ impl Batcher {
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, Vec<Job>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn take(&self) -> Vec<Job> {
-        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.lock())
     }
 
     /// The MD5 of `body`. With `company`, it may wait up to the batcher's
@@ -158,11 +181,13 @@ impl Batcher {
     /// with whatever waits.
     pub async fn md5(&self, body: Bytes, company: bool) -> Option<[u8; 16]> {
         let (done, mut rx) = oneshot::channel();
+        let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
         let ready = {
-            let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            w.push(Job { body, done });
+            let mut w = self.lock();
+            w.push(Job { id, body, done });
             (w.len() >= LANES || !company).then(|| std::mem::take(&mut *w))
         };
+        let _unqueue = Unqueue { batcher: self, id };
         if let Some(jobs) = ready {
             hash(jobs).await;
             return rx.await.ok();
@@ -278,6 +303,20 @@ mod tests {
         );
         assert_eq!(waiting.await.unwrap(), Some(md5_of(&bodies[0])));
         assert!(t.elapsed() < Duration::from_secs(20));
+        // A caller that goes away while it waits takes its part along.
+        let gone = tokio::spawn({
+            let (b, body) = (b.clone(), bodies[3].clone());
+            async move { b.md5(body, true).await }
+        });
+        while b.waiting.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        assert!(
+            b.waiting.lock().unwrap().is_empty(),
+            "the part left with its caller"
+        );
         // Alone, a part waits out the timer and is hashed by itself.
         let short = Batcher::new(Duration::from_millis(10));
         assert_eq!(
