@@ -118,6 +118,12 @@ pub struct StoredMeta {
     pub sse: Option<crate::s3::Sse>,
 }
 
+/// Whether a storage class (as HEAD or a listing shows it) is one a plain
+/// copy would not keep: anything but STANDARD, the server's default.
+pub fn not_standard(class: Option<&str>) -> bool {
+    class.is_some_and(|c| !c.eq_ignore_ascii_case("STANDARD"))
+}
+
 impl StoredMeta {
     /// The metadata a HEAD shows.
     pub fn of_head(h: &crate::s3::ObjectHead) -> Self {
@@ -153,9 +159,7 @@ impl StoredMeta {
     /// (SSE-S3 is every AWS bucket's default since 2023, so only SSE-KMS
     /// counts.)
     pub fn copy_would_lose(&self) -> bool {
-        self.storage_class
-            .as_deref()
-            .is_some_and(|c| !c.eq_ignore_ascii_case("STANDARD"))
+        not_standard(self.storage_class.as_deref())
             || matches!(self.sse, Some(crate::s3::Sse::Kms { .. }))
     }
 

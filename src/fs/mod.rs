@@ -2032,9 +2032,7 @@ impl Fs {
                 .list_objects_page(&src.key, None, token.as_deref(), None)
                 .await?;
             keys.extend(page.objects.into_iter().map(|o| {
-                let other_class = o
-                    .storage_class
-                    .is_some_and(|c| !c.eq_ignore_ascii_case("STANDARD"));
+                let other_class = inode::not_standard(o.storage_class.as_deref());
                 (o.key, o.size, other_class)
             }));
             match page.next_token {
