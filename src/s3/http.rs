@@ -324,18 +324,19 @@ fn sse_headers<'a>(r: Request<'a>, sse: Option<&Sse>, copy_source: bool) -> Requ
     };
     match sse {
         None => r,
-        Some(Sse::Aes256) if !copy_source => r.header("x-amz-server-side-encryption", "AES256"),
-        Some(Sse::Kms { key_id, dsse }) if !copy_source => {
-            let kind = if *dsse { "aws:kms:dsse" } else { "aws:kms" };
-            let r = r.header("x-amz-server-side-encryption", kind);
+        Some(s @ Sse::Aes256) if !copy_source => {
+            r.header("x-amz-server-side-encryption", s.algorithm())
+        }
+        Some(s @ Sse::Kms { key_id, .. }) if !copy_source => {
+            let r = r.header("x-amz-server-side-encryption", s.algorithm());
             match key_id {
                 Some(id) => r.header("x-amz-server-side-encryption-aws-kms-key-id", id.clone()),
                 None => r,
             }
         }
-        Some(Sse::Customer { key }) => {
+        Some(s @ Sse::Customer { key }) => {
             let b64 = base64::engine::general_purpose::STANDARD;
-            r.header(&format!("{prefix}-algorithm"), "AES256")
+            r.header(&format!("{prefix}-algorithm"), s.algorithm())
                 .header(&format!("{prefix}-key"), b64.encode(key))
                 .header(&format!("{prefix}-key-md5"), b64.encode(md5_of(key)))
         }

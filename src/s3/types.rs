@@ -106,16 +106,23 @@ impl std::fmt::Debug for Sse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Sse::Aes256 => write!(f, "AES256"),
-            Sse::Kms { key_id, dsse } => {
-                let kind = if *dsse { "aws:kms:dsse" } else { "aws:kms" };
-                write!(f, "{kind}({key_id:?})")
-            }
+            Sse::Kms { key_id, .. } => write!(f, "{}({key_id:?})", self.algorithm()),
             Sse::Customer { .. } => write!(f, "SSE-C(****)"),
         }
     }
 }
 
 impl Sse {
+    /// The algorithm its encryption header names
+    /// (`x-amz-server-side-encryption`, or the SSE-C `-algorithm` one).
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            Sse::Aes256 | Sse::Customer { .. } => "AES256",
+            Sse::Kms { dsse: false, .. } => "aws:kms",
+            Sse::Kms { dsse: true, .. } => "aws:kms:dsse",
+        }
+    }
+
     /// Whether the server's ETag of a single PUT or part is still the hex MD5 of the body.
     pub fn etag_is_md5(this: Option<&Sse>) -> bool {
         matches!(this, None | Some(Sse::Aes256))
