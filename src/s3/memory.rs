@@ -240,6 +240,15 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
+/// Sets `op`'s delay in `delays`; zero removes it.
+fn set_delay(delays: &mut HashMap<usize, Duration>, op: Op, d: Duration) {
+    if d.is_zero() {
+        delays.remove(&(op as usize));
+    } else {
+        delays.insert(op as usize, d);
+    }
+}
+
 /// A fault "code" that is no answer at all: the connection breaks after the
 /// request was sent (a transport error whose outcome is unknown).
 pub const CONNECTION_RESET: &str = "ConnectionReset";
@@ -527,23 +536,13 @@ impl MemoryStore {
     /// bounds. `Duration::ZERO` removes the delay. A delayed call needs a
     /// tokio runtime with time enabled (an undelayed one runs on any executor).
     pub fn delay(&self, op: Op, d: Duration) {
-        let mut f = lock(&self.faults);
-        if d.is_zero() {
-            f.delay.remove(&(op as usize));
-        } else {
-            f.delay.insert(op as usize, d);
-        }
+        set_delay(&mut lock(&self.faults).delay, op, d);
     }
 
     /// Makes every later call of `op` act at once but answer `d` later: a
     /// caller cancelled meanwhile never learns that it took effect.
     pub fn delay_answer(&self, op: Op, d: Duration) {
-        let mut f = lock(&self.faults);
-        if d.is_zero() {
-            f.delay_after.remove(&(op as usize));
-        } else {
-            f.delay_after.insert(op as usize, d);
-        }
+        set_delay(&mut lock(&self.faults).delay_after, op, d);
     }
 
     // ---- observation ----
