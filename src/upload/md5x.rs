@@ -13,6 +13,7 @@
 //! The algorithm is RFC 1321's; the result is checked against the `md-5`
 //! crate in the tests.
 
+use crate::s3::md5_of;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -209,13 +210,14 @@ impl Batcher {
 async fn hash(jobs: Vec<Job>) {
     let _ = tokio::task::spawn_blocking(move || {
         let sums: Vec<[u8; 16]> = match &jobs[..] {
-            [a] => md5_lanes([&a.body[..]]).to_vec(),
+            // Alone: the md-5 crate's MD5 (630 MB/s here against 600 for one lane).
+            [a] => vec![md5_of(&a.body)],
             [a, b] => md5_lanes([&a.body[..], &b.body[..]]).to_vec(),
             [a, b, c] => md5_lanes([&a.body[..], &b.body[..], &c.body[..]]).to_vec(),
             [a, b, c, d] => {
                 md5_lanes([&a.body[..], &b.body[..], &c.body[..], &d.body[..]]).to_vec()
             }
-            more => more.iter().map(|j| md5_lanes([&j.body[..]])[0]).collect(),
+            more => more.iter().map(|j| md5_of(&j.body)).collect(),
         };
         for (j, s) in jobs.into_iter().zip(sums) {
             let _ = j.done.send(s);
@@ -227,7 +229,6 @@ async fn hash(jobs: Vec<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::s3::md5_of;
     use std::sync::Arc;
 
     fn data(n: usize, seed: u32) -> Vec<u8> {
