@@ -158,6 +158,9 @@ impl CredentialCell {
 struct Answer {
     headers: HeaderMap,
     body: Bytes,
+    /// The body in the pieces it arrived in, instead of `body`, when the
+    /// request asked for them ([`Request::frames`]).
+    frames: Vec<Bytes>,
 }
 
 /// One request before signing.
@@ -176,6 +179,9 @@ struct Request<'a> {
     /// The server may answer 200 and still put an `<Error>` in the body.
     error_in_200: bool,
     timeout: Deadline,
+    /// Keep a successful body in the pieces it arrived in (no copy into
+    /// one buffer): the read path answers FUSE reads from them.
+    frames: bool,
 }
 
 /// How long one attempt of a request may take.
@@ -202,6 +208,7 @@ impl<'a> Request<'a> {
             idempotent: true,
             error_in_200: false,
             timeout: Deadline::Scaled(0),
+            frames: false,
         }
     }
     fn query(mut self, k: &str, v: impl Into<String>) -> Self {
@@ -697,7 +704,16 @@ impl Client {
         let headers = resp.headers().clone();
         let request_id = header_str(&headers, "x-amz-request-id").unwrap_or_default();
         let ok = (200..300).contains(&status);
-        let body = if ok {
+        let mut frames = Vec::new();
+        let body = if ok && r.frames {
+            let mut resp = resp;
+            while let Some(f) = resp.chunk().await.map_err(|e| self.transport(e))? {
+                if !f.is_empty() {
+                    frames.push(f);
+                }
+            }
+            Bytes::new()
+        } else if ok {
             resp.bytes().await.map_err(|e| self.transport(e))?
         } else {
             read_capped(resp, MAX_ERROR_BODY).await
@@ -750,7 +766,11 @@ impl Client {
                 });
             }
         }
-        Ok(Answer { headers, body })
+        Ok(Answer {
+            headers,
+            body,
+            frames,
+        })
     }
 
     fn transport(&self, e: reqwest::Error) -> S3Error {
@@ -834,7 +854,42 @@ impl Client {
         range: Option<std::ops::Range<u64>>,
         sse: Option<&Sse>,
     ) -> Result<GetResult, S3Error> {
+        let (a, object_size) = self.get(bucket, key, range, sse, false).await?;
+        Ok(GetResult {
+            etag: header_str(&a.headers, "etag").unwrap_or_default(),
+            object_size,
+            body: a.body,
+        })
+    }
+
+    /// GetObject of a byte range, its body in the pieces it arrived in (no
+    /// copy into one buffer).
+    pub async fn get_object_frames(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: std::ops::Range<u64>,
+        sse: Option<&Sse>,
+    ) -> Result<Vec<Bytes>, S3Error> {
+        Ok(self
+            .get(bucket, key, Some(range), sse, true)
+            .await?
+            .0
+            .frames)
+    }
+
+    /// A GetObject whose body (or frames) has the length the range asks
+    /// for; also returns the object's size.
+    async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+        sse: Option<&Sse>,
+        frames: bool,
+    ) -> Result<(Answer, u64), S3Error> {
         let mut r = Request::new(Op::GetObject, Method::GET, bucket, Some(key));
+        r.frames = frames;
         if let Some(range) = &range {
             if range.end <= range.start {
                 return Err(S3Error::Config(format!("empty range {range:?}")));
@@ -846,31 +901,25 @@ impl Client {
         }
         let r = sse_headers(r, sse.filter(|s| matches!(s, Sse::Customer { .. })), false);
         let a = self.send(&r).await?;
+        let got = a.body.len() as u64 + a.frames.iter().map(|f| f.len() as u64).sum::<u64>();
         let object_size = match header_str(&a.headers, "content-range") {
             Some(cr) => cr
                 .rsplit('/')
                 .next()
                 .and_then(|t| t.trim().parse().ok())
                 .ok_or_else(|| S3Error::malformed("GetObject", format!("Content-Range {cr:?}")))?,
-            None => a.body.len() as u64,
+            None => got,
         };
         if let Some(range) = range {
             let expect = range.end.min(object_size).saturating_sub(range.start);
-            if a.body.len() as u64 != expect {
+            if got != expect {
                 return Err(S3Error::malformed(
                     "GetObject",
-                    format!(
-                        "asked for {range:?} of {object_size} bytes, got {}",
-                        a.body.len()
-                    ),
+                    format!("asked for {range:?} of {object_size} bytes, got {got}"),
                 ));
             }
         }
-        Ok(GetResult {
-            etag: header_str(&a.headers, "etag").unwrap_or_default(),
-            object_size,
-            body: a.body,
-        })
+        Ok((a, object_size))
     }
 
     /// HeadObject with user metadata (`x-amz-meta-*`).

@@ -72,6 +72,16 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &'a str,
         range: Option<Range<u64>>,
     ) -> StoreFuture<'a, GetResult>;
+    /// GetObject of a byte range, its body in the pieces it arrived in:
+    /// the read path answers from them without first copying them into
+    /// one buffer. By default, one piece.
+    fn get_object_frames<'a>(
+        &'a self,
+        key: &'a str,
+        range: Range<u64>,
+    ) -> StoreFuture<'a, Vec<bytes::Bytes>> {
+        Box::pin(async move { Ok(vec![self.get_object(key, Some(range)).await?.body]) })
+    }
     /// HeadObject.
     fn head_object<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectHead>;
     /// One page of ListObjectsV2.
@@ -255,6 +265,16 @@ impl ObjectStore for BucketClient {
         Box::pin(
             self.client
                 .get_object(&self.bucket, key, range, self.sse.as_ref()),
+        )
+    }
+    fn get_object_frames<'a>(
+        &'a self,
+        key: &'a str,
+        range: Range<u64>,
+    ) -> StoreFuture<'a, Vec<bytes::Bytes>> {
+        Box::pin(
+            self.client
+                .get_object_frames(&self.bucket, key, range, self.sse.as_ref()),
         )
     }
     fn head_object<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectHead> {
