@@ -98,6 +98,35 @@ impl Reader {
             return Ok(Bytes::new());
         }
         let end = (offset + len as u64).min(self.size);
+        self.plan(offset, end);
+        self.wait_for(offset, end).await?;
+        self.gather(offset, end)
+    }
+
+    /// The same read, answered at once when its bytes have already
+    /// arrived, so the FUSE thread answers it without handing it to a task
+    /// (a wake-up of another thread per kernel read). `None`: it would wait
+    /// for the server. Spawns read-ahead GETs: call it inside the runtime.
+    pub fn read_ready(&mut self, offset: u64, len: u32) -> Option<Result<Bytes, S3Error>> {
+        if offset >= self.size || len == 0 {
+            return Some(Ok(Bytes::new()));
+        }
+        let end = (offset + len as u64).min(self.size);
+        match self.settle(offset, end) {
+            Err(e) => Some(Err(e)),
+            Ok(false) => None,
+            Ok(true) => {
+                // The bytes are here, so this read is sequential or near:
+                // planning keeps them and only extends the read-ahead.
+                self.plan(offset, end);
+                Some(self.gather(offset, end))
+            }
+        }
+    }
+
+    /// Moves the window for a read of `offset..end`: fetches what it needs
+    /// and reads ahead past it.
+    fn plan(&mut self, offset: u64, end: u64) {
         let fetched_from = self
             .chunks
             .front()
@@ -169,30 +198,75 @@ impl Reader {
                 break;
             }
         }
-        self.collect(offset, end).await
     }
 
-    async fn collect(&mut self, offset: u64, end: u64) -> Result<Bytes, S3Error> {
-        let mut parts: Vec<Bytes> = Vec::new();
-        for c in self.chunks.iter_mut() {
+    /// Waits for the GETs of the chunks under `offset..end`.
+    async fn wait_for(&mut self, offset: u64, end: u64) -> Result<(), S3Error> {
+        for i in 0..self.chunks.len() {
+            let c = &mut self.chunks[i];
             if c.end <= offset || c.start >= end {
                 continue;
             }
             if let ChunkData::Pending(t) = &mut c.data {
-                let got = match t.await {
-                    Ok(r) => r,
-                    Err(e) => Err(S3Error::malformed("GetObject", format!("read task: {e}"))),
-                };
-                match got {
-                    Ok(b) => c.data = ChunkData::Ready(b),
-                    Err(e) => {
-                        // Forget everything: the next read starts afresh.
-                        let start = c.start;
-                        self.chunks.clear();
-                        self.next_fetch = start;
-                        return Err(e);
-                    }
+                let got = t.await;
+                self.arrived(i, got)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in the finished GETs under `offset..end`, without waiting.
+    /// `Ok(true)`: every byte of it is here.
+    fn settle(&mut self, offset: u64, end: u64) -> Result<bool, S3Error> {
+        let mut have = 0;
+        for i in 0..self.chunks.len() {
+            let c = &mut self.chunks[i];
+            if c.end <= offset || c.start >= end {
+                continue;
+            }
+            if let ChunkData::Pending(t) = &mut c.data {
+                if !t.is_finished() {
+                    return Ok(false);
                 }
+                let Some(got) = futures_util::FutureExt::now_or_never(t) else {
+                    return Ok(false);
+                };
+                self.arrived(i, got)?;
+            }
+            let c = &self.chunks[i];
+            have += end.min(c.end) - offset.max(c.start);
+        }
+        Ok(have == end - offset)
+    }
+
+    /// Records the answer of chunk `i`'s GET. A failure forgets every
+    /// chunk: the next read starts afresh.
+    fn arrived(
+        &mut self,
+        i: usize,
+        got: Result<Result<Vec<Bytes>, S3Error>, tokio::task::JoinError>,
+    ) -> Result<(), S3Error> {
+        let got =
+            got.unwrap_or_else(|e| Err(S3Error::malformed("GetObject", format!("read task: {e}"))));
+        match got {
+            Ok(frames) => {
+                self.chunks[i].data = ChunkData::Ready(frames);
+                Ok(())
+            }
+            Err(e) => {
+                self.next_fetch = self.chunks[i].start;
+                self.chunks.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// The bytes of `offset..end` from chunks that have all arrived.
+    fn gather(&self, offset: u64, end: u64) -> Result<Bytes, S3Error> {
+        let mut parts: Vec<Bytes> = Vec::new();
+        for c in self.chunks.iter() {
+            if c.end <= offset || c.start >= end {
+                continue;
             }
             if let ChunkData::Ready(frames) = &c.data {
                 let mut at = c.start;
@@ -359,5 +433,60 @@ mod tests {
             sliced > 0 && joined > 0,
             "{sliced} reads sliced, {joined} joined"
         );
+    }
+
+    /// What the FUSE thread may answer by itself: a read whose bytes have
+    /// arrived (exact, and it keeps the read-ahead going); not a read
+    /// whose GET is still on its way or was never sent (that one leaves
+    /// the reader as it was); and a failed GET as the error it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_arrived_bytes_are_answered_without_waiting() {
+        use crate::s3::Op;
+        use std::time::Duration;
+        let len = 16 * MIB;
+        let (store, body) = store_with(len as usize);
+        let k = 128 * 1024;
+        let new_reader = || {
+            Reader::new(
+                store.clone(),
+                "obj".into(),
+                len,
+                4 * MIB,
+                Budget::new(64 * MIB),
+            )
+        };
+        let mut r = new_reader();
+        assert!(r.read_ready(0, k as u32).is_none(), "nothing fetched yet");
+        assert_eq!(r.buffered(), 0, "a refused read fetches nothing");
+        r.read(0, k as u32).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // From now on GETs are slow: the ones the next reads send are on
+        // their way while the reads are answered from what arrived.
+        store.delay(Op::GetObject, Duration::from_secs(1));
+        let (gets, far) = (store.calls(Op::GetObject), r.next_fetch);
+        let mut off = k;
+        while off < MIB {
+            let b = r.read_ready(off, k as u32).expect("arrived").unwrap();
+            assert!(b[..] == body[off as usize..(off + k) as usize], "at {off}");
+            off += k;
+        }
+        assert!(store.calls(Op::GetObject) > gets, "the read-ahead moves on");
+        assert!(
+            r.read_ready(far, k as u32).is_none(),
+            "its GET is on its way"
+        );
+        store.delay(Op::GetObject, Duration::ZERO);
+        // A GET that failed: the read that meets it gets the error.
+        let mut r = new_reader();
+        r.read(0, k as u32).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        store.fail_all(Op::GetObject, "InternalError");
+        let far = r.next_fetch;
+        assert!(r.read_ready(k, k as u32).is_some_and(|b| b.is_ok()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match r.read_ready(far, k as u32) {
+            Some(Err(e)) => assert_eq!(e.code(), Some("InternalError")),
+            other => panic!("expected the GET's error, got {other:?}"),
+        }
     }
 }

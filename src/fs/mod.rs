@@ -1600,6 +1600,21 @@ impl Fs {
         }
     }
 
+    /// A read answered on the calling thread from bytes already fetched;
+    /// `None` when it must wait for the server (or the handle is busy).
+    /// Spawns read-ahead GETs: call it inside the runtime.
+    pub fn read_ready(&self, fh: u64, offset: u64, size: u32) -> Option<FsResult<bytes::Bytes>> {
+        let h = self.handle(fh).ok()?;
+        let mut g = h.try_lock().ok()?;
+        let Handle::Read(r) = &mut *g else {
+            return None;
+        };
+        Some(r.read_ready(offset, size)?.map_err(|e| {
+            tracing::warn!(fh, offset, size, error = %e, "read failed");
+            FsError::from(e)
+        }))
+    }
+
     /// Writes into a file being uploaded.
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.handle(fh)?;
