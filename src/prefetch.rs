@@ -154,11 +154,7 @@ impl Reader {
             }
             // Past the fetched bytes: the read-ahead below reaches it.
         } else {
-            for c in self.chunks.drain(..) {
-                if let ChunkData::Pending(t) = c.data {
-                    t.abort();
-                }
-            }
+            self.drop_chunks();
             self.window = INITIAL_WINDOW;
             // Fetch what this read needs (at least a little), then read ahead from there.
             let first_end = (offset + (end - offset).max(MIN_RANDOM_READ)).min(self.size);
@@ -255,14 +251,26 @@ impl Reader {
             }
             Err(e) => {
                 self.next_fetch = self.chunks[i].start;
-                self.chunks.clear();
+                self.drop_chunks();
                 Err(e)
             }
         }
     }
 
-    /// The bytes of `offset..end` from chunks that have all arrived.
-    fn gather(&self, offset: u64, end: u64) -> Result<Bytes, S3Error> {
+    /// Forgets every chunk, stopping the GETs still on their way (their
+    /// read-ahead memory is given back with them).
+    fn drop_chunks(&mut self) {
+        for c in self.chunks.drain(..) {
+            if let ChunkData::Pending(t) = c.data {
+                t.abort();
+            }
+        }
+    }
+
+    /// The bytes of `offset..end` from chunks that have all arrived. Fewer
+    /// bytes than asked (the object was replaced by a shorter one) is an
+    /// error, and the next read starts afresh.
+    fn gather(&mut self, offset: u64, end: u64) -> Result<Bytes, S3Error> {
         let mut parts: Vec<Bytes> = Vec::new();
         for c in self.chunks.iter() {
             if c.end <= offset || c.start >= end {
@@ -286,6 +294,8 @@ impl Reader {
         }
         let got: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if got != end - offset {
+            self.drop_chunks();
+            self.next_fetch = offset;
             return Err(S3Error::malformed(
                 "GetObject",
                 format!(
@@ -309,11 +319,7 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        for c in self.chunks.drain(..) {
-            if let ChunkData::Pending(t) = c.data {
-                t.abort();
-            }
-        }
+        self.drop_chunks();
     }
 }
 
@@ -455,22 +461,33 @@ mod tests {
                 Budget::new(64 * MIB),
             )
         };
+        // What read_ready answers once the GETs under it are back (polled:
+        // the GET tasks run on other threads).
+        async fn ready(r: &mut Reader, off: u64, len: u64) -> Option<Result<Bytes, S3Error>> {
+            for _ in 0..500 {
+                if let Some(got) = r.read_ready(off, len as u32) {
+                    return Some(got);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            None
+        }
         let mut r = new_reader();
         assert!(r.read_ready(0, k as u32).is_none(), "nothing fetched yet");
         assert_eq!(r.buffered(), 0, "a refused read fetches nothing");
+        // The read waits for the GET under it: its first MiB has arrived.
         r.read(0, k as u32).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let far = r.next_fetch;
         // From now on GETs are slow: the ones the next reads send are on
         // their way while the reads are answered from what arrived.
-        store.delay(Op::GetObject, Duration::from_secs(1));
-        let (gets, far) = (store.calls(Op::GetObject), r.next_fetch);
+        store.delay(Op::GetObject, Duration::from_secs(5));
         let mut off = k;
         while off < MIB {
             let b = r.read_ready(off, k as u32).expect("arrived").unwrap();
             assert!(b[..] == body[off as usize..(off + k) as usize], "at {off}");
             off += k;
         }
-        assert!(store.calls(Op::GetObject) > gets, "the read-ahead moves on");
+        assert!(r.next_fetch > far, "the read-ahead moves on");
         assert!(
             r.read_ready(far, k as u32).is_none(),
             "its GET is on its way"
@@ -479,12 +496,12 @@ mod tests {
         // A GET that failed: the read that meets it gets the error.
         let mut r = new_reader();
         r.read(0, k as u32).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        store.fail_all(Op::GetObject, "InternalError");
         let far = r.next_fetch;
+        store.fail_all(Op::GetObject, "InternalError");
+        // Sequential: reads ahead past `far`, and those GETs fail.
         assert!(r.read_ready(k, k as u32).is_some_and(|b| b.is_ok()));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        match r.read_ready(far, k as u32) {
+        assert!(r.next_fetch > far);
+        match ready(&mut r, far, k).await {
             Some(Err(e)) => assert_eq!(e.code(), Some("InternalError")),
             other => panic!("expected the GET's error, got {other:?}"),
         }
