@@ -27,7 +27,7 @@ fn main() {
         upload_part_reset: share / 3.0,
         upload_part_stall: share / 3.0,
         seed: 1,
-        fail_all: None,
+        ..Default::default()
     });
     println!("{}", p.url());
     let _ = std::io::stdout().flush();

@@ -4,7 +4,7 @@
 //! and every forwarded request goes to upstream on a new connection. The
 //! request head is forwarded byte-exact (SigV4 signs the `Host` header and
 //! more) except for its `Connection` header. Faults are drawn per UploadPart
-//! from a seeded RNG, or applied to every request (`fail_all`).
+//! and per GET from a seeded RNG, or applied to every request (`fail_all`).
 //!
 //! The proxy runs on its own thread and tokio runtime, so sync and async
 //! tests can use it alike; dropping it stops it.
@@ -42,7 +42,10 @@ pub struct Faults {
     /// Chance that an UploadPart stalls: about half its body is read, then
     /// nothing more is read or answered until the client closes.
     pub upload_part_stall: f64,
-    /// Seed of the RNG the per-UploadPart faults are drawn from (reseeded by `set`).
+    /// Chance that a GET's answer is cut off: its head and about half its
+    /// body are passed on, then the connection is reset.
+    pub get_cut: f64,
+    /// Seed of the RNG the per-request faults are drawn from (reseeded by `set`).
     pub seed: u64,
     /// Fail every request (a total outage), whatever the probabilities say.
     pub fail_all: Option<FailAll>,
@@ -64,6 +67,10 @@ pub struct Stats {
     pub injected_reset: u64,
     /// UploadParts the proxy stalled.
     pub injected_stall: u64,
+    /// GET requests seen.
+    pub gets: u64,
+    /// GET answers the proxy cut off mid-body.
+    pub injected_cut: u64,
     /// Stalled connections the client has closed. A close with body bytes
     /// still unsent (more than the socket buffers took) cannot reach the
     /// proxy, whose receive window is full: such a stall is only released
@@ -89,6 +96,8 @@ struct Counters {
     injected_500: AtomicU64,
     injected_reset: AtomicU64,
     injected_stall: AtomicU64,
+    gets: AtomicU64,
+    injected_cut: AtomicU64,
     stall_closed: AtomicU64,
     refused: AtomicU64,
     forwarded: AtomicU64,
@@ -209,6 +218,8 @@ impl FaultProxy {
             injected_500: g(&c.injected_500),
             injected_reset: g(&c.injected_reset),
             injected_stall: g(&c.injected_stall),
+            gets: g(&c.gets),
+            injected_cut: g(&c.injected_cut),
             stall_closed: g(&c.stall_closed),
             refused: g(&c.refused),
             forwarded: g(&c.forwarded),
@@ -258,6 +269,8 @@ enum Action {
     Status(u16),
     Reset,
     Stall,
+    /// Forward, but cut the answer off mid-body.
+    Cut,
 }
 
 /// One client connection, one request.
@@ -307,6 +320,10 @@ async fn serve(mut client: TcpStream, sh: &Shared) -> io::Result<()> {
     if req.upload_part {
         bump(&sh.counters.upload_parts);
     }
+    let is_get = req.method == b"GET";
+    if is_get {
+        bump(&sh.counters.gets);
+    }
     let (action, refused) = {
         let mut st = sh.state.lock().unwrap();
         match st.faults.fail_all {
@@ -331,6 +348,10 @@ async fn serve(mut client: TcpStream, sh: &Shared) -> io::Result<()> {
                 };
                 (action, false)
             }
+            None if is_get && st.faults.get_cut > 0.0 => {
+                let cut = st.rng.f64() < st.faults.get_cut;
+                (if cut { Action::Cut } else { Action::Forward }, false)
+            }
             None => (Action::Forward, false),
         }
     };
@@ -338,7 +359,8 @@ async fn serve(mut client: TcpStream, sh: &Shared) -> io::Result<()> {
         bump(&sh.counters.refused);
     }
     match action {
-        Action::Forward => forward(client, sh, &req, rest, body_len).await,
+        Action::Forward => forward(client, sh, &req, rest, body_len, false).await,
+        Action::Cut => forward(client, sh, &req, rest, body_len, true).await,
         Action::Status(status) => {
             discard(&mut client, &mut rest, body_len).await?;
             respond(&mut client, status, code_for(status), is_head).await
@@ -357,13 +379,15 @@ async fn serve(mut client: TcpStream, sh: &Shared) -> io::Result<()> {
     }
 }
 
-/// Sends the request upstream on a new connection and streams the answer back.
+/// Sends the request upstream on a new connection and streams the answer
+/// back (`cut`: only about half the answer's body, then a reset).
 async fn forward(
     mut client: TcpStream,
     sh: &Shared,
     req: &Request,
     mut rest: Vec<u8>,
     body_len: u64,
+    cut: bool,
 ) -> io::Result<()> {
     let mut up = match TcpStream::connect(sh.upstream).await {
         Ok(s) => s,
@@ -413,10 +437,30 @@ async fn forward(
         }
     };
     client.write_all(&close_head(&head)).await?;
-    client.write_all(&rest).await?;
     bump(&sh.counters.answered);
+    if cut {
+        let half = (content_length(&head).unwrap_or(0) / 2) as usize;
+        let first = rest.len().min(half);
+        client.write_all(&rest[..first]).await?;
+        let mut more = (&mut up).take((half - first) as u64);
+        tokio::io::copy(&mut more, &mut client).await?;
+        client.flush().await?;
+        bump(&sh.counters.injected_cut);
+        return reset(client);
+    }
+    client.write_all(&rest).await?;
     tokio::io::copy(&mut up, &mut client).await?;
     client.shutdown().await
+}
+
+/// The Content-Length of a response head.
+fn content_length(head: &[u8]) -> Option<u64> {
+    head_lines(head)?
+        .into_iter()
+        .skip(1)
+        .filter_map(header)
+        .find(|(name, _)| name.eq_ignore_ascii_case(b"content-length"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse().ok())
 }
 
 /// Reads from `s` until a blank line ends the head. Returns the head (blank
