@@ -25,13 +25,25 @@ pub struct FuseFs {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
     ttl: Duration,
+    /// Tells the kernel to drop what it caches (set once the session exists).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl FuseFs {
-    /// Wraps the core; requests run as tasks on `rt`.
-    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
+    /// Wraps the core; requests run as tasks on `rt`. `notifier` is filled
+    /// with the session's once it is made.
+    pub fn new(
+        fs: Arc<Fs>,
+        rt: tokio::runtime::Handle,
+        notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    ) -> Self {
         let ttl = fs.config().metadata_ttl;
-        FuseFs { fs, rt, ttl }
+        FuseFs {
+            fs,
+            rt,
+            ttl,
+            notifier,
+        }
     }
 }
 
@@ -409,20 +421,35 @@ impl Filesystem for FuseFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
+        // The writer lacks CAP_FSETID: the kernel asks us to clear the
+        // set-ID bits (on direct-I/O writes it does not do it itself).
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let notifier = self.notifier.clone();
         run!(
             self,
             reply,
-            |fs: Arc<Fs>| async move { fs.write(fh.0, offset, &data).await },
+            |fs: Arc<Fs>| async move {
+                if kill && fs.kill_set_id_bits(ino.0).await? {
+                    // The kernel keeps the old mode until its attributes
+                    // expire: have it ask again (attributes only).
+                    if let Some(n) = notifier.get() {
+                        if let Err(e) = n.inval_inode(ino, -1, 0) {
+                            tracing::debug!(ino = ino.0, error = %e, "attribute invalidation failed");
+                        }
+                    }
+                }
+                fs.write(fh.0, offset, &data).await
+            },
             |n| reply.written(n)
         );
     }

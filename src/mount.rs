@@ -444,12 +444,14 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             fuser::SessionACL::Owner
         };
         config.n_threads = Some(o.fuse_threads.max(1));
+        let notifier = Arc::new(std::sync::OnceLock::new());
         let session = fuser::Session::new(
-            FuseFs::new(fs.clone(), rt.handle().clone()),
+            FuseFs::new(fs.clone(), rt.handle().clone(), notifier.clone()),
             &o.mountpoint,
             &config,
         )
         .map_err(|e| format!("mounting {}: {e}", o.mountpoint.display()))?;
+        let _ = notifier.set(session.notifier());
         let _guard = rt.enter();
         crate::status::serve(crate::status::Sources {
             fs: fs.clone(),

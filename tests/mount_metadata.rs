@@ -743,3 +743,72 @@ async fn device_nodes_keep_their_rdev() {
         .file_type()
         .is_socket());
 }
+
+/// A write by a process without CAP_FSETID clears the file's set-user-ID
+/// bit, and its set-group-ID bit when group execution is on, as a local
+/// disk does (the kernel asks for it on direct-I/O writes with
+/// FUSE_WRITE_KILL_SUIDGID); `stat` shows it at once and the object's
+/// stored mode follows. Root's writes keep the bits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_without_fsetid_clears_the_set_id_bits() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::new(&b, &["-o", "allow_other"], &[]);
+    // The mount's parent is a private temporary directory: let nobody in.
+    let parent = m.dir.parent().unwrap();
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = m.path("bin");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let f = d.join("tool");
+    std::fs::write(&f, "v1\n").unwrap();
+    let chmod = |mode: u32| {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let mode = || std::fs::metadata(&f).unwrap().mode() & 0o7777;
+    let as_nobody = |script: &str| {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(script)
+            .arg("sh")
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            m.log()
+        );
+    };
+    chmod(0o6777);
+    // What `ls -l` shows before the write.
+    assert_eq!(mode(), 0o6777);
+    as_nobody("echo v2 > \"$1\"");
+    assert_eq!(mode(), 0o777, "both bits cleared (group may execute)");
+    chmod(0o6767);
+    assert_eq!(mode(), 0o6767);
+    as_nobody("echo v3 >> \"$1\"");
+    assert_eq!(mode(), 0o2767, "set-group-ID kept without group execute");
+    chmod(0o4777);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .and_then(|mut h| std::io::Write::write_all(&mut h, b"v4\n"))
+        .unwrap();
+    assert_eq!(mode(), 0o4777, "root's write keeps them");
+    chmod(0o6777);
+    as_nobody("echo v5 > \"$1\"");
+    assert_eq!(mode(), 0o777);
+    let h = head_until(&c, &b, "bin/tool", |h| {
+        meta(h, "mode") == Some(&*(libc::S_IFREG | 0o777).to_string())
+    })
+    .await;
+    assert_eq!(h.size, 3, "the last write replaced the object");
+}

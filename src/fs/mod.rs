@@ -1615,6 +1615,36 @@ impl Fs {
         }))
     }
 
+    /// A write by a process without CAP_FSETID: clears the set-user-ID
+    /// bit, and the set-group-ID bit when group execution is on, as local
+    /// filesystems do (Linux's rule), through the same path as a chmod.
+    /// True when a bit was cleared.
+    pub async fn kill_set_id_bits(&self, ino: u64) -> FsResult<bool> {
+        let perm = u32::from(self.getattr(ino)?.perm);
+        let mut kill = 0;
+        if perm & libc::S_ISUID != 0 {
+            kill |= libc::S_ISUID;
+        }
+        let sgid_gx = libc::S_ISGID | libc::S_IXGRP;
+        if perm & sgid_gx == sgid_gx {
+            kill |= libc::S_ISGID;
+        }
+        if kill == 0 {
+            return Ok(false);
+        }
+        let mode = Some(perm & !kill);
+        self.setattr(
+            ino,
+            None,
+            SetAttr {
+                mode,
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .map(|_| true)
+    }
+
     /// Writes into a file being uploaded.
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.handle(fh)?;
