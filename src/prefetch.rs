@@ -10,7 +10,7 @@
 //!
 //! Never touches the upload path.
 
-use crate::s3::{ObjectStore, S3Error};
+use crate::s3::{Frames, ObjectStore, S3Error};
 use crate::upload::budget::{Budget, Grant};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -28,7 +28,7 @@ const MIN_RANDOM_READ: u64 = 128 * 1024;
 const KEEP_BEHIND: u64 = 4 * 1024 * 1024;
 
 enum ChunkData {
-    Pending(JoinHandle<Result<Vec<Bytes>, S3Error>>),
+    Pending(JoinHandle<Result<Frames, S3Error>>),
     /// The body in the pieces it arrived in: a read inside one piece is
     /// answered with a slice of it, without a copy.
     Ready(Vec<Bytes>),
@@ -53,6 +53,9 @@ pub struct Reader {
     /// Where the next read-ahead GET starts.
     next_fetch: u64,
     budget: Arc<Budget>,
+    /// The ETag the first GET answered: every later GET must answer the
+    /// same, or the object was replaced mid-read and its bytes would mix.
+    etag: Option<String>,
 }
 
 impl Reader {
@@ -73,6 +76,7 @@ impl Reader {
             chunks: VecDeque::new(),
             next_fetch: 0,
             budget,
+            etag: None,
         }
     }
 
@@ -240,13 +244,24 @@ impl Reader {
     fn arrived(
         &mut self,
         i: usize,
-        got: Result<Result<Vec<Bytes>, S3Error>, tokio::task::JoinError>,
+        got: Result<Result<Frames, S3Error>, tokio::task::JoinError>,
     ) -> Result<(), S3Error> {
         let got =
             got.unwrap_or_else(|e| Err(S3Error::malformed("GetObject", format!("read task: {e}"))));
+        let got = got.and_then(|f| match &self.etag {
+            Some(was) if !f.etag.is_empty() && *was != f.etag => Err(S3Error::Changed {
+                key: self.key.clone(),
+                was: was.clone(),
+                now: f.etag,
+            }),
+            _ => Ok(f),
+        });
         match got {
-            Ok(frames) => {
-                self.chunks[i].data = ChunkData::Ready(frames);
+            Ok(f) => {
+                if self.etag.is_none() && !f.etag.is_empty() {
+                    self.etag = Some(f.etag);
+                }
+                self.chunks[i].data = ChunkData::Ready(f.pieces);
                 Ok(())
             }
             Err(e) => {
@@ -505,5 +520,39 @@ mod tests {
             Some(Err(e)) => assert_eq!(e.code(), Some("InternalError")),
             other => panic!("expected the GET's error, got {other:?}"),
         }
+    }
+
+    /// An object replaced while it is being read: the GET that meets the
+    /// new version fails with `Changed` (ESTALE) instead of mixing its
+    /// bytes with the old version's, and so does every later read of this
+    /// reader; a new reader reads the new object.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_replaced_mid_read_is_stale_not_mixed() {
+        let len = 24 * MIB;
+        let (store, old) = store_with(len as usize);
+        let new_reader = || {
+            Reader::new(
+                store.clone(),
+                "obj".into(),
+                len,
+                4 * MIB,
+                Budget::new(64 * MIB),
+            )
+        };
+        let mut r = new_reader();
+        let b = r.read(0, 128 * 1024).await.unwrap();
+        assert!(b[..] == old[..128 * 1024]);
+        let new = Bytes::from(vec![7u8; len as usize]);
+        store.insert_object("obj", new.clone(), &PutOptions::default());
+        let err = r.read(20 * MIB, 128 * 1024).await.unwrap_err();
+        assert!(matches!(err, S3Error::Changed { .. }), "{err}");
+        let err = r.read(22 * MIB, 128 * 1024).await.unwrap_err();
+        assert!(matches!(err, S3Error::Changed { .. }), "still stale: {err}");
+        let mut r = new_reader();
+        let b = r.read(20 * MIB, 128 * 1024).await.unwrap();
+        assert!(
+            b.iter().all(|&x| x == 7),
+            "a new reader reads the new object"
+        );
     }
 }

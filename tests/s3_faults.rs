@@ -176,8 +176,9 @@ async fn gets_cut_off_mid_body_are_retried_byte_exact() {
                 .await
                 .unwrap();
             assert!(g.body[..] == body[r.clone()], "ranged GET {r:?} differs");
-            let pieces = pc.get_object_frames(&b, "obj", range, None).await.unwrap();
-            let joined: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+            let f = pc.get_object_frames(&b, "obj", range, None).await.unwrap();
+            assert_eq!(bare_etag(&f.etag), hex(&md5_of(&body)), "the object's ETag");
+            let joined: Vec<u8> = f.pieces.iter().flat_map(|p| p.iter().copied()).collect();
             assert!(joined[..] == body[r.clone()], "GET in pieces {r:?} differs");
         }
     }

@@ -46,6 +46,8 @@ pub enum FsError {
     NoBuffers(String),
     #[error("the mount is shutting down")]
     ShuttingDown,
+    #[error("stale: {0}")]
+    Stale(String),
 }
 
 impl FsError {
@@ -61,6 +63,7 @@ impl FsError {
             FsError::Invalid(_) => libc::EINVAL,
             FsError::Io(_) => libc::EIO,
             FsError::ShuttingDown => libc::ESHUTDOWN,
+            FsError::Stale(_) => libc::ESTALE,
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::NoXattr => libc::ENOTSUP,
             FsError::ReadOnly => libc::EROFS,
@@ -80,6 +83,9 @@ impl From<S3Error> for FsError {
     fn from(e: S3Error) -> Self {
         if e.is_not_found() {
             return FsError::NotFound;
+        }
+        if let S3Error::Changed { .. } = e {
+            return FsError::Stale(e.to_string());
         }
         match e.code() {
             Some("AccessDenied") => FsError::Denied(e.to_string()),
@@ -109,6 +115,7 @@ mod tests {
     #[test]
     fn errno_table() {
         assert_eq!(FsError::NotFound.errno(), libc::ENOENT);
+        assert_eq!(FsError::Stale("x".into()).errno(), libc::ESTALE);
         assert_eq!(FsError::NoXattr.errno(), libc::ENOTSUP);
         assert_eq!(FsError::NotSupported("x").errno(), libc::EOPNOTSUPP);
         assert_eq!(FsError::IllegalName.errno(), libc::EILSEQ);

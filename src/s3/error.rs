@@ -57,6 +57,14 @@ pub enum S3Error {
     /// A local failure around a request (the crash journal could not be written).
     #[error("{0}")]
     Local(String),
+    /// The object was replaced while it was being read: a later GET of it
+    /// answered another ETag than the first.
+    #[error("{key} changed while being read (ETag {was}, then {now})")]
+    Changed {
+        key: String,
+        was: String,
+        now: String,
+    },
 }
 
 fn request_id_suffix(id: &str) -> String {

@@ -870,12 +870,12 @@ impl Client {
         key: &str,
         range: std::ops::Range<u64>,
         sse: Option<&Sse>,
-    ) -> Result<Vec<Bytes>, S3Error> {
-        Ok(self
-            .get(bucket, key, Some(range), sse, true)
-            .await?
-            .0
-            .frames)
+    ) -> Result<Frames, S3Error> {
+        let (a, _) = self.get(bucket, key, Some(range), sse, true).await?;
+        Ok(Frames {
+            etag: header_str(&a.headers, "etag").unwrap_or_default(),
+            pieces: a.frames,
+        })
     }
 
     /// A GetObject whose body (or frames) has the length the range asks

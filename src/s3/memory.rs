@@ -1243,13 +1243,10 @@ impl ObjectStore for MemoryStore {
 
     /// Cuts the body into pieces of uneven sizes (as a network delivers
     /// it), so readers meet reads that straddle pieces.
-    fn get_object_frames<'a>(
-        &'a self,
-        key: &'a str,
-        range: Range<u64>,
-    ) -> StoreFuture<'a, Vec<Bytes>> {
+    fn get_object_frames<'a>(&'a self, key: &'a str, range: Range<u64>) -> StoreFuture<'a, Frames> {
         self.call(Op::GetObject, 0, move |s| {
-            let body = s.do_get(key, Some(range))?.body;
+            let got = s.do_get(key, Some(range))?;
+            let body = got.body;
             let mut frames = Vec::new();
             let mut at = 0;
             for size in FRAME_SIZES.iter().cycle() {
@@ -1260,7 +1257,10 @@ impl ObjectStore for MemoryStore {
                 frames.push(body.slice(at..end));
                 at = end;
             }
-            Ok(frames)
+            Ok(Frames {
+                pieces: frames,
+                etag: got.etag,
+            })
         })
     }
 

@@ -75,12 +75,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// GetObject of a byte range, its body in the pieces it arrived in:
     /// the read path answers from them without first copying them into
     /// one buffer. By default, one piece.
-    fn get_object_frames<'a>(
-        &'a self,
-        key: &'a str,
-        range: Range<u64>,
-    ) -> StoreFuture<'a, Vec<bytes::Bytes>> {
-        Box::pin(async move { Ok(vec![self.get_object(key, Some(range)).await?.body]) })
+    fn get_object_frames<'a>(&'a self, key: &'a str, range: Range<u64>) -> StoreFuture<'a, Frames> {
+        Box::pin(async move {
+            let g = self.get_object(key, Some(range)).await?;
+            Ok(Frames {
+                pieces: vec![g.body],
+                etag: g.etag,
+            })
+        })
     }
     /// HeadObject.
     fn head_object<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectHead>;
@@ -267,11 +269,7 @@ impl ObjectStore for BucketClient {
                 .get_object(&self.bucket, key, range, self.sse.as_ref()),
         )
     }
-    fn get_object_frames<'a>(
-        &'a self,
-        key: &'a str,
-        range: Range<u64>,
-    ) -> StoreFuture<'a, Vec<bytes::Bytes>> {
+    fn get_object_frames<'a>(&'a self, key: &'a str, range: Range<u64>) -> StoreFuture<'a, Frames> {
         Box::pin(
             self.client
                 .get_object_frames(&self.bucket, key, range, self.sse.as_ref()),

@@ -81,6 +81,14 @@ pub struct ObjectHead {
     pub encryption: Option<Sse>,
 }
 
+/// A ranged GetObject's body in the pieces it arrived in, and the ETag of
+/// the object it came from.
+#[derive(Debug, Clone, Default)]
+pub struct Frames {
+    pub pieces: Vec<bytes::Bytes>,
+    pub etag: String,
+}
+
 /// The bytes of a (ranged) GetObject.
 #[derive(Debug, Clone)]
 pub struct GetResult {
