@@ -56,6 +56,8 @@ pub struct Reader {
     /// The ETag the first GET answered: every later GET must answer the
     /// same, or the object was replaced mid-read and its bytes would mix.
     etag: Option<String>,
+    /// The inode read (the filesystem's bookkeeping; 0 when unset).
+    pub ino: u64,
 }
 
 impl Reader {
@@ -77,6 +79,15 @@ impl Reader {
             next_fetch: 0,
             budget,
             etag: None,
+            ino: 0,
+        }
+    }
+
+    /// The object got the ETag `new` from a copy of the same bytes (this
+    /// mount's attribute write): later GETs answering it are not a change.
+    pub fn repin(&mut self, old: &str, new: &str) {
+        if self.etag.as_deref().is_some_and(|e| same_etag(e, old)) {
+            self.etag = Some(new.to_string());
         }
     }
 
@@ -249,7 +260,7 @@ impl Reader {
         let got =
             got.unwrap_or_else(|e| Err(S3Error::malformed("GetObject", format!("read task: {e}"))));
         let got = got.and_then(|f| match &self.etag {
-            Some(was) if !f.etag.is_empty() && *was != f.etag => Err(S3Error::Changed {
+            Some(was) if !f.etag.is_empty() && !same_etag(was, &f.etag) => Err(S3Error::Changed {
                 key: self.key.clone(),
                 was: was.clone(),
                 now: f.etag,
@@ -330,6 +341,13 @@ impl Reader {
         }
         Ok(out.freeze())
     }
+}
+
+/// Whether two ETag headers name the same version, however a server or a
+/// proxy wrote them (quoted or not, weak or not).
+fn same_etag(a: &str, b: &str) -> bool {
+    let norm = |e: &str| crate::s3::bare_etag(e.trim().trim_start_matches("W/"));
+    norm(a) == norm(b)
 }
 
 impl Drop for Reader {
@@ -554,5 +572,47 @@ mod tests {
             b.iter().all(|&x| x == 7),
             "a new reader reads the new object"
         );
+    }
+
+    /// The same version however it is written; another version is not.
+    #[test]
+    fn etags_compare_as_versions() {
+        assert!(same_etag(
+            "\"9b2cf535f27731c974343645a3985328\"",
+            "9b2cf535f27731c974343645a3985328"
+        ));
+        assert!(same_etag("W/\"ABC-2\"", "\"abc-2\""));
+        assert!(!same_etag("\"abc-2\"", "\"abc-3\""));
+    }
+
+    /// After this mount's own copy gave the object a new ETag, a reader
+    /// told of it reads on; told of another ETag, it still reports the
+    /// object replaced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_told_of_its_own_copy_reads_on() {
+        let len = 24 * MIB;
+        let (store, old) = store_with(len as usize);
+        let old_etag = store.object("obj").unwrap().etag;
+        for (told, ok) in [
+            (old_etag.clone(), true),
+            ("\"elsewhere\"".to_string(), false),
+        ] {
+            store.insert_object("obj", old.clone(), &PutOptions::default());
+            let mut r = Reader::new(
+                store.clone(),
+                "obj".into(),
+                len,
+                4 * MIB,
+                Budget::new(64 * MIB),
+            );
+            r.read(0, 1024).await.unwrap();
+            let new_etag = store.insert_object(
+                "obj",
+                Bytes::from(vec![1u8; len as usize]),
+                &PutOptions::default(),
+            );
+            r.repin(&told, &new_etag);
+            assert_eq!(r.read(20 * MIB, 1024).await.is_ok(), ok, "told {told}");
+        }
     }
 }

@@ -812,3 +812,40 @@ async fn a_write_without_fsetid_clears_the_set_id_bits() {
     .await;
     assert_eq!(h.size, 3, "the last write replaced the object");
 }
+
+/// A chmod of a file that a program is reading waits for the reader to
+/// close before the object is copied onto itself: such a copy can give the
+/// object a new ETag (a multipart object's becomes its MD5 on AWS), which
+/// the reader would take for the object being replaced (ESTALE). The reader
+/// reads on undisturbed; the mode is stored once it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chmod_waits_for_the_files_readers() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let body = data(3 * 1024 * 1024, 9);
+    c.put_object(
+        &b,
+        "clip",
+        body.clone().into(),
+        None,
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    let m = Mounted::bucket(&b);
+    let p = m.path("clip");
+    let f = std::fs::File::open(&p).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let h = c.head_object(&b, "clip").await.unwrap();
+    assert_eq!(meta(&h, "mode"), None, "copied while a reader was open");
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut &f, &mut got).unwrap();
+    assert!(got == body, "the reader reads on");
+    drop(f);
+    let h = head_until(&c, &b, "clip", |h| {
+        meta(h, "mode") == Some(&*(libc::S_IFREG | 0o600).to_string())
+    })
+    .await;
+    assert_eq!(h.size, body.len() as u64);
+}

@@ -66,6 +66,10 @@ pub struct Inode {
     pub valid_until: Instant,
     /// The handle writing this file, if any.
     pub writer: Option<u64>,
+    /// Handles reading this file: attribute copies of it wait until none
+    /// is left (a copy can give the object a new ETag, which a reader
+    /// would take for the object being replaced).
+    pub readers: u32,
     /// Exists only in this mount so far (created, not yet stored).
     pub local: bool,
     /// For a directory: its children here are its complete listing until
@@ -195,6 +199,7 @@ impl Inode {
             etag: None,
             valid_until: Instant::now(),
             writer: None,
+            readers: 0,
             local: false,
             complete_until: None,
             stored: None,

@@ -897,10 +897,21 @@ impl Fs {
     }
 
     /// Writes pending attributes of a stored file to its object now (one
-    /// CopyObject onto itself with REPLACE; the data does not move).
+    /// CopyObject onto itself with REPLACE; the data does not move). Not
+    /// while the file is open for reading: the last reader's release
+    /// writes them.
     pub async fn persist_attrs(&self, ino: u64) -> FsResult<()> {
+        self.persist(ino, false).await
+    }
+
+    /// [`Fs::persist_attrs`]; `force` (fsync, unmount) writes them even
+    /// while the file has readers, and gives those readers the new ETag.
+    async fn persist(&self, ino: u64, force: bool) -> FsResult<()> {
         let i = self.inode(ino)?;
         if !i.attrs_pending || i.local || i.writer.is_some() || ino == ROOT {
+            return Ok(());
+        }
+        if i.readers > 0 && !force {
             return Ok(());
         }
         // Unlinked (or replaced) since: nothing to write, and a directory
@@ -966,10 +977,15 @@ impl Fs {
         match result {
             Ok((etag, opts)) => {
                 tracing::debug!(key = %i.key, "attributes stored");
+                let readers = t.get(ino).map_or(0, |n| n.readers);
                 if let Some(n) = t.get_mut(ino) {
                     n.etag = Some(etag.clone());
-                    n.version = Some((etag, None));
+                    n.version = Some((etag.clone(), None));
                     n.stored = Some(StoredMeta::of_options(&opts));
+                }
+                drop(t);
+                if let (true, Some(old)) = (readers > 0, &i.etag) {
+                    self.repin_readers(ino, old, &etag);
                 }
                 Ok(())
             }
@@ -1206,11 +1222,12 @@ impl Fs {
         Ok(etag)
     }
 
-    /// Writes every pending attribute change (at unmount).
+    /// Writes every pending attribute change (at unmount), open readers
+    /// or not.
     pub async fn persist_all(&self) {
         let pending: Vec<u64> = self.table().pending_attrs();
         for ino in pending {
-            let _ = self.persist_attrs(ino).await;
+            let _ = self.persist(ino, true).await;
         }
     }
 
@@ -1548,13 +1565,17 @@ impl Fs {
             if inode.writer.is_some() || inode.local {
                 return Err(FsError::Busy("file is being written through this mount"));
             }
-            let r = Reader::new(
+            let mut r = Reader::new(
                 self.store.clone(),
                 inode.key.clone(),
                 inode.size,
                 self.cfg.max_readahead,
                 self.cfg.read_budget.clone(),
             );
+            r.ino = ino;
+            if let Some(i) = self.table().get_mut(ino) {
+                i.readers += 1;
+            }
             return Ok(self.new_fh(Handle::Read(r)));
         }
         self.writable()?;
@@ -1861,7 +1882,29 @@ impl Fs {
         }
         // A write of the attributes already in flight counts as this one.
         self.settled(ino, |_| ()).await?;
-        self.persist_attrs(ino).await
+        self.persist(ino, true).await
+    }
+
+    /// This mount's own copy gave the object of `ino` a new ETag (the bytes
+    /// are the same): its readers take it instead of reporting the object
+    /// replaced. A reader busy reading right now is skipped.
+    fn repin_readers(&self, ino: u64, old: &str, new: &str) {
+        let handles: Vec<SharedHandle> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for h in handles {
+            if let Ok(mut g) = h.try_lock() {
+                if let Handle::Read(r) = &mut *g {
+                    if r.ino == ino {
+                        r.repin(old, new);
+                    }
+                }
+            }
+        }
     }
 
     /// The last close: completes what no flush completed (errors only logged),
@@ -1898,6 +1941,18 @@ impl Fs {
                 if t.child(p, &n).map(|c| c.ino) == Some(w.ino) {
                     t.remove_child(p, &n);
                 }
+            }
+        }
+        if let Handle::Read(r) = &*g {
+            let pending = {
+                let mut t = self.table();
+                t.get_mut(r.ino).is_some_and(|i| {
+                    i.readers = i.readers.saturating_sub(1);
+                    i.readers == 0 && i.attrs_pending
+                })
+            };
+            if pending {
+                self.persist_later(r.ino);
             }
         }
         Ok(())
