@@ -374,6 +374,17 @@ mod tests {
         (store, body)
     }
 
+    /// A reader of "obj" with a 4 MiB read-ahead window and room for it.
+    fn small_window_reader(store: &Arc<MemoryStore>, len: u64) -> Reader {
+        Reader::new(
+            store.clone(),
+            "obj".into(),
+            len,
+            4 * MIB,
+            Budget::new(64 * MIB),
+        )
+    }
+
     async fn read_all(r: &mut Reader, len: u64, step: u32) -> Vec<u8> {
         let mut out = Vec::new();
         let mut off = 0;
@@ -485,15 +496,7 @@ mod tests {
         let len = 16 * MIB;
         let (store, body) = store_with(len as usize);
         let k = 128 * 1024;
-        let new_reader = || {
-            Reader::new(
-                store.clone(),
-                "obj".into(),
-                len,
-                4 * MIB,
-                Budget::new(64 * MIB),
-            )
-        };
+        let new_reader = || small_window_reader(&store, len);
         // What read_ready answers once the GETs under it are back (polled:
         // the GET tasks run on other threads).
         async fn ready(r: &mut Reader, off: u64, len: u64) -> Option<Result<Bytes, S3Error>> {
@@ -548,15 +551,7 @@ mod tests {
     async fn an_object_replaced_mid_read_is_stale_not_mixed() {
         let len = 24 * MIB;
         let (store, old) = store_with(len as usize);
-        let new_reader = || {
-            Reader::new(
-                store.clone(),
-                "obj".into(),
-                len,
-                4 * MIB,
-                Budget::new(64 * MIB),
-            )
-        };
+        let new_reader = || small_window_reader(&store, len);
         let mut r = new_reader();
         let b = r.read(0, 128 * 1024).await.unwrap();
         assert!(b[..] == old[..128 * 1024]);
@@ -598,13 +593,7 @@ mod tests {
             ("\"elsewhere\"".to_string(), false),
         ] {
             store.insert_object("obj", old.clone(), &PutOptions::default());
-            let mut r = Reader::new(
-                store.clone(),
-                "obj".into(),
-                len,
-                4 * MIB,
-                Budget::new(64 * MIB),
-            );
+            let mut r = small_window_reader(&store, len);
             r.read(0, 1024).await.unwrap();
             let new_etag = store.insert_object(
                 "obj",
