@@ -265,6 +265,13 @@ impl Reader {
                 was: was.clone(),
                 now: f.etag,
             }),
+            // The first GET of a file replaced since it was opened (its
+            // size then is what reads are cut to).
+            _ if f.object_size != self.size => Err(S3Error::Changed {
+                key: self.key.clone(),
+                was: format!("of {} bytes", self.size),
+                now: format!("{} of {} bytes", f.etag, f.object_size),
+            }),
             _ => Ok(f),
         });
         match got {
@@ -602,6 +609,25 @@ mod tests {
             );
             r.repin(&told, &new_etag);
             assert_eq!(r.read(20 * MIB, 1024).await.is_ok(), ok, "told {told}");
+        }
+    }
+
+    /// A file replaced between open and its first read: the first GET
+    /// answers another size than the one reads are cut to, and that is
+    /// reported as the object replaced, not read as a cut or short file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_replaced_before_its_first_read_is_stale() {
+        let len = 6 * MIB;
+        for new_len in [len + 1, len - 1] {
+            let (store, _) = store_with(len as usize);
+            let mut r = small_window_reader(&store, len);
+            store.insert_object(
+                "obj",
+                Bytes::from(vec![3u8; new_len as usize]),
+                &PutOptions::default(),
+            );
+            let err = r.read(0, 4096).await.unwrap_err();
+            assert!(matches!(err, S3Error::Changed { .. }), "{new_len}: {err}");
         }
     }
 }

@@ -871,10 +871,11 @@ impl Client {
         range: std::ops::Range<u64>,
         sse: Option<&Sse>,
     ) -> Result<Frames, S3Error> {
-        let (a, _) = self.get(bucket, key, Some(range), sse, true).await?;
+        let (a, object_size) = self.get(bucket, key, Some(range), sse, true).await?;
         Ok(Frames {
             etag: header_str(&a.headers, "etag").unwrap_or_default(),
             pieces: a.frames,
+            object_size,
         })
     }
 

@@ -1260,6 +1260,7 @@ impl ObjectStore for MemoryStore {
             Ok(Frames {
                 pieces: frames,
                 etag: got.etag,
+                object_size: got.object_size,
             })
         })
     }

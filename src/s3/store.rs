@@ -81,6 +81,7 @@ pub trait ObjectStore: Send + Sync + 'static {
             Ok(Frames {
                 pieces: vec![g.body],
                 etag: g.etag,
+                object_size: g.object_size,
             })
         })
     }

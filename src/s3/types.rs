@@ -87,6 +87,8 @@ pub struct ObjectHead {
 pub struct Frames {
     pub pieces: Vec<bytes::Bytes>,
     pub etag: String,
+    /// The whole object's size (from Content-Range).
+    pub object_size: u64,
 }
 
 /// The bytes of a (ranged) GetObject.
