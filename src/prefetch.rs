@@ -42,6 +42,13 @@ struct Chunk {
     _grant: Option<Grant>,
 }
 
+impl Chunk {
+    /// Whether it holds any byte of `offset..end`.
+    fn overlaps(&self, offset: u64, end: u64) -> bool {
+        self.end > offset && self.start < end
+    }
+}
+
 /// Reads one object through ranged GETs with read-ahead.
 pub struct Reader {
     store: Arc<dyn ObjectStore>,
@@ -109,10 +116,9 @@ impl Reader {
 
     /// Reads up to `len` bytes at `offset` (fewer at the end of the object).
     pub async fn read(&mut self, offset: u64, len: u32) -> Result<Bytes, S3Error> {
-        if offset >= self.size || len == 0 {
+        let Some(end) = self.end_of(offset, len) else {
             return Ok(Bytes::new());
-        }
-        let end = (offset + len as u64).min(self.size);
+        };
         self.plan(offset, end);
         self.wait_for(offset, end).await?;
         self.gather(offset, end)
@@ -123,10 +129,9 @@ impl Reader {
     /// (a wake-up of another thread per kernel read). `None`: it would wait
     /// for the server. Spawns read-ahead GETs: call it inside the runtime.
     pub fn read_ready(&mut self, offset: u64, len: u32) -> Option<Result<Bytes, S3Error>> {
-        if offset >= self.size || len == 0 {
+        let Some(end) = self.end_of(offset, len) else {
             return Some(Ok(Bytes::new()));
-        }
-        let end = (offset + len as u64).min(self.size);
+        };
         match self.settle(offset, end) {
             Err(e) => Some(Err(e)),
             Ok(false) => None,
@@ -137,6 +142,12 @@ impl Reader {
                 Some(self.gather(offset, end))
             }
         }
+    }
+
+    /// Where a read of `len` bytes at `offset` ends (cut at the end of the
+    /// object); `None` when it reads nothing.
+    fn end_of(&self, offset: u64, len: u32) -> Option<u64> {
+        (offset < self.size && len > 0).then(|| (offset + len as u64).min(self.size))
     }
 
     /// Moves the window for a read of `offset..end`: fetches what it needs
@@ -215,7 +226,7 @@ impl Reader {
     async fn wait_for(&mut self, offset: u64, end: u64) -> Result<(), S3Error> {
         for i in 0..self.chunks.len() {
             let c = &mut self.chunks[i];
-            if c.end <= offset || c.start >= end {
+            if !c.overlaps(offset, end) {
                 continue;
             }
             if let ChunkData::Pending(t) = &mut c.data {
@@ -232,7 +243,7 @@ impl Reader {
         let mut have = 0;
         for i in 0..self.chunks.len() {
             let c = &mut self.chunks[i];
-            if c.end <= offset || c.start >= end {
+            if !c.overlaps(offset, end) {
                 continue;
             }
             if let ChunkData::Pending(t) = &mut c.data {
@@ -306,7 +317,7 @@ impl Reader {
     fn gather(&mut self, offset: u64, end: u64) -> Result<Bytes, S3Error> {
         let mut parts: Vec<Bytes> = Vec::new();
         for c in self.chunks.iter() {
-            if c.end <= offset || c.start >= end {
+            if !c.overlaps(offset, end) {
                 continue;
             }
             if let ChunkData::Ready(frames) = &c.data {

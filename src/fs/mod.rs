@@ -203,6 +203,12 @@ pub struct MountStats {
     pub aborted_at_shutdown: AtomicU64,
 }
 
+/// A failed read, logged with the handle and range, as the kernel gets it.
+fn read_failed(fh: u64, offset: u64, size: u32, e: crate::s3::S3Error) -> FsError {
+    tracing::warn!(fh, offset, size, error = %e, "read failed");
+    FsError::from(e)
+}
+
 /// One file being written, as `bucketfs status` shows it.
 #[derive(Debug, Clone)]
 pub struct WriterStatus {
@@ -977,12 +983,12 @@ impl Fs {
         match result {
             Ok((etag, opts)) => {
                 tracing::debug!(key = %i.key, "attributes stored");
-                let readers = t.get(ino).map_or(0, |n| n.readers);
-                if let Some(n) = t.get_mut(ino) {
+                let readers = t.get_mut(ino).map_or(0, |n| {
                     n.etag = Some(etag.clone());
                     n.version = Some((etag.clone(), None));
                     n.stored = Some(StoredMeta::of_options(&opts));
-                }
+                    n.readers
+                });
                 drop(t);
                 if let (true, Some(old)) = (readers > 0, &i.etag) {
                     self.repin_readers(ino, old, &etag);
@@ -1612,10 +1618,10 @@ impl Fs {
         let h = self.handle(fh)?;
         let mut g = h.lock().await;
         match &mut *g {
-            Handle::Read(r) => r.read(offset, size).await.map_err(|e| {
-                tracing::warn!(fh, offset, size, error = %e, "read failed");
-                FsError::from(e)
-            }),
+            Handle::Read(r) => r
+                .read(offset, size)
+                .await
+                .map_err(|e| read_failed(fh, offset, size, e)),
             Handle::Write(_) => Err(FsError::BadHandle),
             Handle::Dir(_) => Err(FsError::IsDir),
         }
@@ -1630,10 +1636,10 @@ impl Fs {
         let Handle::Read(r) = &mut *g else {
             return None;
         };
-        Some(r.read_ready(offset, size)?.map_err(|e| {
-            tracing::warn!(fh, offset, size, error = %e, "read failed");
-            FsError::from(e)
-        }))
+        Some(
+            r.read_ready(offset, size)?
+                .map_err(|e| read_failed(fh, offset, size, e)),
+        )
     }
 
     /// A write by a process without CAP_FSETID: clears the set-user-ID
