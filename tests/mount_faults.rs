@@ -150,14 +150,7 @@ fn reads_come_back_exact_through_cut_off_gets() {
     let c = common::client();
     let bucket = rt().block_on(common::fresh_bucket(&c));
     let body = common::data(40 * MIB + 123, 77);
-    rt().block_on(c.put_object(
-        &bucket,
-        "obj.bin",
-        body.clone().into(),
-        None,
-        &Default::default(),
-    ))
-    .unwrap();
+    rt().block_on(common::put(&c, &bucket, "obj.bin", &body));
     let proxy = FaultProxy::start(&common::require_env("AWS_ENDPOINT_URL"));
     proxy.set(Faults {
         get_cut: 0.3,
@@ -199,16 +192,7 @@ fn an_object_replaced_mid_read_gives_estale_not_mixed_bytes() {
     let c = common::client();
     let bucket = rt().block_on(common::fresh_bucket(&c));
     let old = common::data(40 * MIB, 5);
-    let put = |body: &Vec<u8>| {
-        rt().block_on(c.put_object(
-            &bucket,
-            "video.mp4",
-            body.clone().into(),
-            None,
-            &Default::default(),
-        ))
-        .unwrap();
-    };
+    let put = |body: &Vec<u8>| rt().block_on(common::put(&c, &bucket, "video.mp4", body));
     put(&old);
     let m = Mounted::bucket(&bucket);
     let f = std::fs::File::open(m.path("video.mp4")).unwrap();

@@ -378,9 +378,7 @@ fn rsync_changes(src: &std::path::Path, dst: &std::path::Path) -> String {
 async fn directories_keep_mode_and_mtime_on_their_marker() {
     let c = client();
     let b = fresh_bucket(&c).await;
-    c.put_object(&b, "p/x", "x".into(), None, &PutOptions::default())
-        .await
-        .unwrap();
+    put(&c, &b, "p/x", b"x").await;
     {
         let m = Mounted::bucket(&b);
         std::fs::create_dir(m.path("d")).unwrap();
@@ -823,15 +821,7 @@ async fn a_chmod_waits_for_the_files_readers() {
     let c = client();
     let b = fresh_bucket(&c).await;
     let body = data(3 * 1024 * 1024, 9);
-    c.put_object(
-        &b,
-        "clip",
-        body.clone().into(),
-        None,
-        &PutOptions::default(),
-    )
-    .await
-    .unwrap();
+    put(&c, &b, "clip", &body).await;
     let m = Mounted::bucket(&b);
     let p = m.path("clip");
     let f = std::fs::File::open(&p).unwrap();

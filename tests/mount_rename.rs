@@ -89,9 +89,7 @@ async fn renaming_a_directory_moves_every_key() {
     let c = client();
     let b = fresh_bucket(&c).await;
     // A prefix-only directory (no markers), made by another client.
-    c.put_object(&b, "d/p/three", "333".into(), None, &PutOptions::default())
-        .await
-        .unwrap();
+    put(&c, &b, "d/p/three", b"333").await;
     let m = Mounted::bucket(&b);
     std::fs::create_dir_all(m.path("d/e")).unwrap();
     std::fs::write(m.path("d/one"), b"1").unwrap();
@@ -213,15 +211,7 @@ async fn cp_inside_the_mount_copies_on_the_server() {
     let c = client();
     let b = fresh_bucket(&c).await;
     let body = data(30 * MIB, 5);
-    c.put_object(
-        &b,
-        "src.bin",
-        body.clone().into(),
-        None,
-        &PutOptions::default(),
-    )
-    .await
-    .unwrap();
+    put(&c, &b, "src.bin", &body).await;
     let m = Mounted::bucket(&b);
     assert_eq!(
         std::fs::metadata(m.path("src.bin")).unwrap().len(),
@@ -313,13 +303,9 @@ async fn rsync_inplace_and_append() {
     let src = tempfile::tempdir().unwrap();
     let old = data(3 * MIB, 8);
     let new = data(2 * MIB, 9);
-    c.put_object(&b, "in", old.clone().into(), None, &PutOptions::default())
-        .await
-        .unwrap();
+    put(&c, &b, "in", &old).await;
     let head = data(6 * MIB, 10);
-    c.put_object(&b, "log", head.clone().into(), None, &PutOptions::default())
-        .await
-        .unwrap();
+    put(&c, &b, "log", &head).await;
     std::fs::write(src.path().join("in"), &new).unwrap();
     let mut grown = head.clone();
     grown.extend_from_slice(b"more lines\n");

@@ -155,9 +155,7 @@ async fn gets_cut_off_mid_body_are_retried_byte_exact() {
     let c = client();
     let b = fresh_bucket(&c).await;
     let body = data(6 * MIB + 5, 31);
-    c.put_object(&b, "obj", body.clone().into(), None, &PutOptions::default())
-        .await
-        .unwrap();
+    put(&c, &b, "obj", &body).await;
     let p = proxy();
     let pc = proxied_client(&p);
     p.set(Faults {

@@ -57,6 +57,14 @@ pub async fn put_many(c: &Client, bucket: &str, prefix: &str, count: usize, body
     }
 }
 
+/// Stores `body` at `key` with default options.
+pub async fn put(c: &Client, bucket: &str, key: &str, body: &[u8]) {
+    let opts = bucketfs::s3::PutOptions::default();
+    c.put_object(bucket, key, body.to_vec().into(), None, &opts)
+        .await
+        .unwrap_or_else(|e| panic!("storing {key}: {e}"));
+}
+
 /// Every key of the bucket, sorted.
 pub async fn keys(c: &Client, b: &str) -> Vec<String> {
     let mut all: Vec<String> = c
