@@ -273,15 +273,15 @@ impl Reader {
         let got = got.and_then(|f| match &self.etag {
             Some(was) if !f.etag.is_empty() && !same_etag(was, &f.etag) => Err(S3Error::Changed {
                 key: self.key.clone(),
-                was: was.clone(),
-                now: f.etag,
+                was: format!("ETag {was}"),
+                now: format!("ETag {}", f.etag),
             }),
             // The first GET of a file replaced since it was opened (its
             // size then is what reads are cut to).
             _ if f.object_size != self.size => Err(S3Error::Changed {
                 key: self.key.clone(),
-                was: format!("of {} bytes", self.size),
-                now: format!("{} of {} bytes", f.etag, f.object_size),
+                was: format!("{} bytes", self.size),
+                now: format!("{} bytes, ETag {}", f.object_size, f.etag),
             }),
             _ => Ok(f),
         });

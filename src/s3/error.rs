@@ -58,8 +58,8 @@ pub enum S3Error {
     #[error("{0}")]
     Local(String),
     /// The object was replaced while it was being read: a later GET of it
-    /// answered another ETag than the first.
-    #[error("{key} changed while being read (ETag {was}, then {now})")]
+    /// answered another ETag than the first, or another size than at open.
+    #[error("{key} changed while being read (was {was}, now {now})")]
     Changed {
         key: String,
         was: String,
