@@ -435,7 +435,11 @@ fn init_logging_to(default: &str, file: Option<&std::path::Path>, detached: bool
             .with_writer(std::sync::Mutex::new(f))
             .try_init(),
         None if detached => builder.with_writer(std::io::sink).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        // Colours only for a terminal: not in a file, a pipe or the journal.
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .try_init(),
     };
 }
 
