@@ -2,7 +2,7 @@
 # A benchmark, not a test: bucketfs against s3fs, rclone mount and direct
 # boto3 on one throw-away Garage, in one run, so the ratios compare.
 #
-#   scripts/bench.sh [--quick] [--only bucketfs,bucketfs-signed,s3fs,rclone,boto3]
+#   scripts/bench.sh [--quick] [--only bucketfs,bucketfs-signed,s3fs,rclone,boto3,floor]
 #                    [--workloads write,read,cpr,rsync,list,write3g,retries]
 #
 # Workloads (each in a fresh mount; sources read from the page cache):
@@ -21,6 +21,12 @@
 #              (examples/faultproxy.rs), without faults and with 20% of
 #              UploadParts failing (500, reset, stall in equal shares): the
 #              cost of retries
+#   floor      the server's own floor for cp -r, rsync -a and ls -l: the
+#              requests a mount cannot avoid, sent with no file system in the
+#              way by bucketfs's S3 client (examples/floor.rs): 500 PUTs one
+#              after another; 500 times PUT, CopyObject, DeleteObject; a
+#              listing and 10,000 HEADs, 64 at a time. Not a tool: its rows
+#              are not the "fastest", but show their ratio to it.
 # BUCKETFS_BENCH_ARGS adds arguments to every bucketfs mount (e.g. to try
 # --max-parts-in-flight 8). BUCKETFS_GARAGE_DB=lmdb runs Garage on its own
 # default engine instead of the tests' sqlite (see scripts/garage.sh): about
@@ -38,7 +44,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$BUCKETFS_REPO"
 
-only="bucketfs,bucketfs-signed,s3fs,rclone,boto3"
+only="bucketfs,bucketfs-signed,s3fs,rclone,boto3,floor"
 big=$((1024 * 1024 * 1024))
 workloads="write,read,cpr,rsync,list,write3g,retries"
 while (($#)); do
@@ -61,6 +67,7 @@ done
 
 log "building bucketfs (release)"
 cargo build --release --quiet
+if wants floor; then cargo build --release --quiet --example floor; fi
 bin="$BUCKETFS_REPO/target/release/bucketfs"
 scripts/garage.sh install >/dev/null
 ensure_venv
@@ -285,6 +292,26 @@ for tool in bucketfs s3fs rclone; do
     fi
 done
 
+# floor_run WORKLOAD ARGS...: the server's floor for WORKLOAD (examples/floor.rs).
+floor_run() {
+    local workload="$1" secs
+    shift
+    warm_sources
+    if secs="$(target/release/examples/floor "$@" 2>"$work/out")"; then
+        record "$workload|server floor|$secs|-|-|0|floor"
+    else
+        record "$workload|server floor|-|-|-|0|FAILED: $(head -c 100 "$work/out" | tr '\n|' '  ')"
+    fi
+    log "$workload floor: $(tail -n1 "$results")"
+}
+
+if wants floor && { does cpr || does rsync || does list; }; then
+    py mb bench-floor
+    if does cpr; then floor_run "cp -r 500x4K" bench-floor puts 500; fi
+    if does rsync; then floor_run "rsync -a 500x4K" bench-floor rsync 500; fi
+    if does list; then floor_run "ls -l 10k" bench-list heads big/ 64; fi
+fi
+
 # boto3's read needs its write: either workload runs both.
 if wants boto3 && { does write || does read; }; then
     py mb bench-boto3
@@ -311,7 +338,7 @@ awk -F'|' '
     END {
       for (i = 1; i <= NR; i++) {
         split(line[i], f, "|")
-        ratio = (f[7] == "ok" && best[f[1]] > 0) ? sprintf("%.2f", f[3] / best[f[1]]) : "-"
+        ratio = ((f[7] == "ok" || f[7] == "floor") && best[f[1]] > 0) ? sprintf("%.2f", f[3] / best[f[1]]) : "-"
         printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], ratio, f[4], f[5], f[6], f[7]
       }
     }' <(sed 's/write 1G|/write 1G|/' "$results" | sort -s -t'|' -k1,1)
