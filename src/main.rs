@@ -161,6 +161,14 @@ struct MountArgs {
     /// -a` target (its quick check compares mtimes)
     #[arg(long)]
     attrs_from_listing: bool,
+    /// Read files opened read-only through the kernel's page cache. By
+    /// default they are read directly (on kernels that can still mmap such
+    /// files, 6.6 and later): bucketfs's own read-ahead already buffers
+    /// them, and skipping the page cache saves a copy of every byte read.
+    /// The page cache serves a program that reads the same bytes again
+    /// within one open
+    #[arg(long)]
+    page_cache: bool,
     /// Largest read-ahead window of one open file
     #[arg(long, default_value = "64MiB", value_parser = parse_size_arg)]
     max_readahead: u64,
@@ -330,6 +338,7 @@ fn mount(args: MountArgs, s3: &S3Args) -> anyhow::Result<()> {
         fuse_threads: args.fuse_threads.max(1),
         metadata_ttl: args.metadata_ttl,
         attrs_from_listing: args.attrs_from_listing,
+        page_cache: args.page_cache,
         max_readahead: args.max_readahead,
         state_dir: args
             .state_dir

@@ -39,6 +39,8 @@ pub struct MountOptions {
     pub metadata_ttl: Duration,
     /// Trust listings for attributes: no HEAD per listed file.
     pub attrs_from_listing: bool,
+    /// Read-only handles read through the kernel's page cache, not directly.
+    pub page_cache: bool,
     pub max_readahead: u64,
     /// Where the crash journal and the status socket live.
     pub state_dir: PathBuf,
@@ -412,6 +414,7 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             read_budget: Budget::new(plan.read_budget),
             max_inodes: crate::fs::MAX_INODES,
             attrs_from_listing: o.attrs_from_listing,
+            page_cache: o.page_cache,
         };
         tracing::info!(
             memory_limit = o.memory_limit,
@@ -593,6 +596,7 @@ mod tests {
             fuse_threads: 2,
             metadata_ttl: Duration::from_secs(1),
             attrs_from_listing: false,
+            page_cache: false,
             max_readahead: 64 << 20,
             state_dir: "/tmp/state".into(),
             shutdown_grace: Duration::from_secs(30),

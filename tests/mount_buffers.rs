@@ -218,3 +218,126 @@ async fn a_write_past_the_largest_file_is_efbig_naming_the_flag() {
         .unwrap_err()
         .is_not_found());
 }
+
+/// Pages of `f` in the page cache (cachestat(2), Linux 6.5+); None where
+/// the kernel has no cachestat.
+fn cached_pages(f: &File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451; // the same on x86_64 and aarch64
+    let range = Range { off: 0, len: 0 }; // len 0: to the end
+    let mut st = Stat::default();
+    // SAFETY: both structs are live, laid out as the kernel's, and the
+    // kernel writes only into `st`.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            f.as_raw_fd(),
+            &range as *const Range,
+            &mut st as *mut Stat,
+            0,
+        )
+    };
+    if r == 0 {
+        Some(st.nr_cache)
+    } else {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSYS), "cachestat: {e}");
+        None
+    }
+}
+
+/// The running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = rel.trim().split(|c: char| !c.is_ascii_digit());
+    let v: (u32, u32) = (
+        it.next().and_then(|s| s.parse().ok()).unwrap_or(0),
+        it.next().and_then(|s| s.parse().ok()).unwrap_or(0),
+    );
+    v >= (major, minor)
+}
+
+/// Reads `path` whole through one read-only handle; returns the bytes and
+/// how many of its pages the page cache then holds.
+fn read_whole(path: &std::path::Path) -> (Vec<u8>, Option<u64>) {
+    use std::io::Read;
+    let mut f = File::open(path).unwrap();
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    let cached = cached_pages(&f);
+    (got, cached)
+}
+
+/// A file opened read-only is read straight from bucketfs's read-ahead
+/// into the reader's buffer: the page cache holds none of it (no second,
+/// unbudgeted copy; one memcpy less per byte). It can still be mapped
+/// shared and private. `--page-cache` keeps the kernel's page cache, which
+/// shows the probe sees cached pages when there are some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_handles_skip_the_page_cache_and_still_map() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let body = data(3 * MIB + 123, 41);
+    put(&c, &b, "f", &body).await;
+
+    let m = Mounted::bucket(&b);
+    let (got, cached) = read_whole(&m.path("f"));
+    assert!(got == body, "bytes read differ");
+    // Linux 6.6+ can map direct-I/O files shared, so reads are direct there.
+    if kernel_at_least(6, 6) {
+        assert!(m.log().contains("direct_reads=true"), "{}", m.log());
+        assert_eq!(cached, Some(0), "pages of a direct read in the page cache");
+    } else {
+        eprintln!("Linux before 6.6: read-only handles keep the page cache");
+    }
+    // mmap, shared and private, of a read-only handle.
+    let f = File::open(m.path("f")).unwrap();
+    for flags in [libc::MAP_SHARED, libc::MAP_PRIVATE] {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh read-only mapping of the whole file, read below
+        // within its length and unmapped before `f` closes.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                body.len(),
+                libc::PROT_READ,
+                flags,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(
+                p,
+                libc::MAP_FAILED,
+                "mmap {flags:#x}: {}",
+                std::io::Error::last_os_error()
+            );
+            let mapped = std::slice::from_raw_parts(p as *const u8, body.len());
+            assert!(mapped == &body[..], "mapped bytes differ ({flags:#x})");
+            libc::munmap(p, body.len());
+        }
+    }
+    drop(f);
+    drop(m);
+
+    let m = Mounted::new(&b, &["--page-cache"], &[]);
+    let (got, cached) = read_whole(&m.path("f"));
+    assert!(got == body, "bytes read differ with --page-cache");
+    assert!(m.log().contains("direct_reads=false"), "{}", m.log());
+    if let Some(n) = cached {
+        assert!(n > 0, "--page-cache: nothing of the file in the page cache");
+    }
+}

@@ -51,6 +51,9 @@ pub struct FsConfig {
     /// it (size, Last-Modified, default mode and owner), without a HEAD of
     /// each for `x-amz-meta-*` (`--attrs-from-listing`).
     pub attrs_from_listing: bool,
+    /// Read-only handles read through the kernel's page cache instead of
+    /// directly (`--page-cache`).
+    pub page_cache: bool,
 }
 
 /// The default of [`FsConfig::max_inodes`]: about 40 MiB of metadata.
@@ -74,6 +77,7 @@ impl FsConfig {
             read_budget: crate::upload::budget::Budget::new(64 << 20),
             max_inodes: MAX_INODES,
             attrs_from_listing: false,
+            page_cache: false,
         }
     }
 }
