@@ -681,7 +681,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn read_write_handles_keep_the_page_cache() {
+    fn write_only_handles_are_direct_read_only_ones_when_enabled() {
         for direct_reads in [false, true] {
             let wo = fopen_flags(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, direct_reads);
             assert_eq!(wo, FopenFlags::FOPEN_DIRECT_IO);
