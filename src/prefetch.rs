@@ -1,8 +1,9 @@
 //! The read path: ranged GETs with a sequential read-ahead window that grows
 //! from 1 MiB to a maximum (64 MiB by default) while reads stay sequential.
-//! Reads that jump elsewhere fetch only what they need and restart the
-//! window. The kernel may deliver read-ahead requests slightly out of order,
-//! so a read that falls inside the fetched window still counts as sequential.
+//! Reads that jump elsewhere fetch only what they need and start another
+//! stream with its own window (up to four per open file). The kernel may
+//! deliver read-ahead requests slightly out of order, so a read that falls
+//! inside the fetched window still counts as sequential.
 //!
 //! Read-ahead memory comes from a budget shared by all readers and is never
 //! waited for: when it is used up, a read fetches only what it needs itself
@@ -14,7 +15,7 @@ use crate::s3::{Frames, ObjectStore, S3Error};
 use crate::upload::budget::{Budget, Grant};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 
 /// First read-ahead window.
@@ -26,6 +27,9 @@ const MIN_RANDOM_READ: u64 = 128 * 1024;
 /// Fetched bytes kept behind the reader, for out-of-order reads (the
 /// kernel's read-ahead sends several at once).
 const KEEP_BEHIND: u64 = 4 * 1024 * 1024;
+/// Most sequential streams one open file is read in at once, each with its
+/// own read-ahead: threads reading one descriptor at far-apart places.
+const MAX_STREAMS: usize = 4;
 
 enum ChunkData {
     Pending(JoinHandle<Result<Frames, S3Error>>),
@@ -49,8 +53,23 @@ impl Chunk {
     }
 }
 
-/// Reads one object through ranged GETs with read-ahead.
+/// Reads one object through ranged GETs with read-ahead, in up to
+/// [`MAX_STREAMS`] streams: a read continues the stream whose window it
+/// falls in, or starts one (the least recently used makes room). One
+/// stream is what a single sequential reader needs; several threads reading
+/// one descriptor far apart each keep their own read-ahead instead of
+/// restarting one window at every read (4 threads reading a quarter of
+/// 1 GiB each through one descriptor: 10.7 s with one window, 2.6 s with
+/// streams; one thread alone: 1.45 s).
 pub struct Reader {
+    /// Most recently used last.
+    streams: Vec<Stream>,
+    /// The inode read (the filesystem's bookkeeping; 0 when unset).
+    pub ino: u64,
+}
+
+/// One sequential stream through the object and its read-ahead.
+struct Stream {
     store: Arc<dyn ObjectStore>,
     key: String,
     size: u64,
@@ -60,11 +79,16 @@ pub struct Reader {
     /// Where the next read-ahead GET starts.
     next_fetch: u64,
     budget: Arc<Budget>,
-    /// The ETag the first GET answered: every later GET must answer the
-    /// same, or the object was replaced mid-read and its bytes would mix.
-    etag: Option<String>,
-    /// The inode read (the filesystem's bookkeeping; 0 when unset).
-    pub ino: u64,
+    /// The ETag the first GET of any stream answered: every later GET must
+    /// answer the same, or the object was replaced mid-read and its bytes
+    /// would mix. Shared by the streams of one reader.
+    etag: Arc<Mutex<Option<String>>>,
+    /// Where the last read planned ended; `None` before the first.
+    pos: Option<u64>,
+    /// The window grows to this: `max_window` shared out among the streams
+    /// (one stream's read-ahead must not take the whole budget from the
+    /// others, which would then fetch read by read).
+    grow_to: u64,
 }
 
 impl Reader {
@@ -76,7 +100,7 @@ impl Reader {
         max_window: u64,
         budget: Arc<Budget>,
     ) -> Self {
-        Reader {
+        let first = Stream {
             store,
             key,
             size,
@@ -85,7 +109,12 @@ impl Reader {
             chunks: VecDeque::new(),
             next_fetch: 0,
             budget,
-            etag: None,
+            etag: Arc::new(Mutex::new(None)),
+            pos: None,
+            grow_to: max_window.max(INITIAL_WINDOW),
+        };
+        Reader {
+            streams: vec![first],
             ino: 0,
         }
     }
@@ -93,13 +122,109 @@ impl Reader {
     /// The object got the ETag `new` from a copy of the same bytes (this
     /// mount's attribute write): later GETs answering it are not a change.
     pub fn repin(&mut self, old: &str, new: &str) {
-        if self.etag.as_deref().is_some_and(|e| same_etag(e, old)) {
-            self.etag = Some(new.to_string());
+        let mut pin = self.streams[0].pin();
+        if pin.as_deref().is_some_and(|e| same_etag(e, old)) {
+            *pin = Some(new.to_string());
         }
     }
 
     /// Bytes fetched or being fetched ahead (for the memory budget and tests).
     pub fn buffered(&self) -> u64 {
+        self.streams.iter().map(Stream::buffered).sum()
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the object).
+    pub async fn read(&mut self, offset: u64, len: u32) -> Result<Bytes, S3Error> {
+        self.pick(offset).read(offset, len).await
+    }
+
+    /// The same read, answered at once when its bytes have already
+    /// arrived, so the FUSE thread answers it without handing it to a task
+    /// (a wake-up of another thread per kernel read). `None`: it would wait
+    /// for the server. Spawns read-ahead GETs: call it inside the runtime.
+    pub fn read_ready(&mut self, offset: u64, len: u32) -> Option<Result<Bytes, S3Error>> {
+        self.pick(offset).read_ready(offset, len)
+    }
+
+    /// The stream a read at `offset` belongs to, made the most recently
+    /// used: the nearest whose window it falls in, else a new one (in place
+    /// of the least recently used when there are [`MAX_STREAMS`]).
+    fn pick(&mut self, offset: u64) -> &mut Stream {
+        let nearest = self
+            .streams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.distance(offset).map(|d| (d, i)))
+            .min();
+        let i = match nearest {
+            Some((_, i)) => i,
+            None => {
+                let mut s = self.streams[0].sibling();
+                s.pos = Some(offset);
+                if self.streams.len() >= MAX_STREAMS {
+                    self.streams.remove(0);
+                }
+                self.streams.push(s);
+                let n = self.streams.len() as u64;
+                let share = (self.streams[0].max_window / n).max(INITIAL_WINDOW);
+                for s in &mut self.streams {
+                    s.grow_to = share;
+                    s.window = s.window.min(share);
+                }
+                self.streams.len() - 1
+            }
+        };
+        let s = self.streams.remove(i);
+        self.streams.push(s);
+        self.streams.last_mut().expect("a reader has a stream")
+    }
+
+    /// Where the most recently used stream's next read-ahead GET starts.
+    #[cfg(test)]
+    fn next_fetch(&self) -> u64 {
+        self.streams
+            .last()
+            .expect("a reader has a stream")
+            .next_fetch
+    }
+}
+
+impl Stream {
+    /// A new, empty stream of the same object, sharing the pinned ETag.
+    fn sibling(&self) -> Stream {
+        Stream {
+            store: self.store.clone(),
+            key: self.key.clone(),
+            size: self.size,
+            max_window: self.max_window,
+            window: INITIAL_WINDOW,
+            chunks: VecDeque::new(),
+            next_fetch: 0,
+            budget: self.budget.clone(),
+            etag: self.etag.clone(),
+            pos: None,
+            grow_to: self.grow_to,
+        }
+    }
+
+    /// The pinned ETag.
+    fn pin(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.etag.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How far a read at `offset` is from where this stream is, if it
+    /// falls within its window (as [`Stream::plan`] takes it: sequential,
+    /// or filled in around the fetched bytes). A stream not read yet
+    /// takes any read.
+    fn distance(&self, offset: u64) -> Option<u64> {
+        let Some(pos) = self.pos else { return Some(0) };
+        let from = self.chunks.front().map_or(pos, |c| c.start).min(pos);
+        let to = self.next_fetch.max(pos);
+        (offset + self.max_window >= from && offset <= to + self.max_window)
+            .then(|| offset.abs_diff(pos))
+    }
+
+    fn buffered(&self) -> u64 {
         self.chunks.iter().map(|c| c.end - c.start).sum()
     }
 
@@ -114,8 +239,7 @@ impl Reader {
         }
     }
 
-    /// Reads up to `len` bytes at `offset` (fewer at the end of the object).
-    pub async fn read(&mut self, offset: u64, len: u32) -> Result<Bytes, S3Error> {
+    async fn read(&mut self, offset: u64, len: u32) -> Result<Bytes, S3Error> {
         let Some(end) = self.end_of(offset, len) else {
             return Ok(Bytes::new());
         };
@@ -124,11 +248,7 @@ impl Reader {
         self.gather(offset, end)
     }
 
-    /// The same read, answered at once when its bytes have already
-    /// arrived, so the FUSE thread answers it without handing it to a task
-    /// (a wake-up of another thread per kernel read). `None`: it would wait
-    /// for the server. Spawns read-ahead GETs: call it inside the runtime.
-    pub fn read_ready(&mut self, offset: u64, len: u32) -> Option<Result<Bytes, S3Error>> {
+    fn read_ready(&mut self, offset: u64, len: u32) -> Option<Result<Bytes, S3Error>> {
         let Some(end) = self.end_of(offset, len) else {
             return Some(Ok(Bytes::new()));
         };
@@ -153,6 +273,7 @@ impl Reader {
     /// Moves the window for a read of `offset..end`: fetches what it needs
     /// and reads ahead past it.
     fn plan(&mut self, offset: u64, end: u64) {
+        self.pos = Some(end);
         let fetched_from = self
             .chunks
             .front()
@@ -166,7 +287,7 @@ impl Reader {
             && offset + self.max_window >= fetched_from
             && offset <= self.next_fetch + self.max_window;
         if sequential {
-            self.window = (self.window * 2).min(self.max_window);
+            self.window = (self.window * 2).min(self.grow_to);
         } else if near {
             if offset < fetched_from {
                 // The gap before the fetched bytes, in pieces, kept in order.
@@ -270,26 +391,35 @@ impl Reader {
     ) -> Result<(), S3Error> {
         let got =
             got.unwrap_or_else(|e| Err(S3Error::malformed("GetObject", format!("read task: {e}"))));
-        let got = got.and_then(|f| match &self.etag {
-            Some(was) if !f.etag.is_empty() && !same_etag(was, &f.etag) => Err(S3Error::Changed {
-                key: self.key.clone(),
-                was: format!("ETag {was}"),
-                now: format!("ETag {}", f.etag),
-            }),
-            // The first GET of a file replaced since it was opened (its
-            // size then is what reads are cut to).
-            _ if f.object_size != self.size => Err(S3Error::Changed {
-                key: self.key.clone(),
-                was: format!("{} bytes", self.size),
-                now: format!("{} bytes, ETag {}", f.object_size, f.etag),
-            }),
-            _ => Ok(f),
+        // Checked and pinned under one lock: the first GETs of two streams
+        // cannot both pass with different versions.
+        let got = got.and_then(|f| {
+            let mut pin = self.pin();
+            match &*pin {
+                Some(was) if !f.etag.is_empty() && !same_etag(was, &f.etag) => {
+                    Err(S3Error::Changed {
+                        key: self.key.clone(),
+                        was: format!("ETag {was}"),
+                        now: format!("ETag {}", f.etag),
+                    })
+                }
+                // The first GET of a file replaced since it was opened (its
+                // size then is what reads are cut to).
+                _ if f.object_size != self.size => Err(S3Error::Changed {
+                    key: self.key.clone(),
+                    was: format!("{} bytes", self.size),
+                    now: format!("{} bytes, ETag {}", f.object_size, f.etag),
+                }),
+                _ => {
+                    if pin.is_none() && !f.etag.is_empty() {
+                        *pin = Some(f.etag.clone());
+                    }
+                    Ok(f)
+                }
+            }
         });
         match got {
             Ok(f) => {
-                if self.etag.is_none() && !f.etag.is_empty() {
-                    self.etag = Some(f.etag);
-                }
                 self.chunks[i].data = ChunkData::Ready(f.pieces);
                 Ok(())
             }
@@ -368,7 +498,7 @@ fn same_etag(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
-impl Drop for Reader {
+impl Drop for Stream {
     fn drop(&mut self) {
         self.drop_chunks();
     }
@@ -475,6 +605,37 @@ mod tests {
         assert!(gets <= 20, "{gets} GETs for 48 MiB read out of order");
     }
 
+    /// Four threads reading one descriptor at far-apart places, their reads
+    /// interleaved: each keeps a read-ahead stream of its own, so the GETs
+    /// stay few (one shared window restarted at every read sent two GETs
+    /// per read: about 500 here). A fifth place takes the least recently
+    /// used stream's slot, and every byte stays exact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn far_apart_readers_of_one_file_each_keep_a_stream() {
+        use crate::s3::Op;
+        let len = 80 * MIB;
+        let (store, body) = store_with(len as usize);
+        let mut r = small_window_reader(&store, len);
+        let step = 256 * 1024;
+        let mut at: Vec<u64> = (0..4).map(|i| i * 16 * MIB).collect();
+        for _ in 0..(16 * MIB / step) {
+            for a in at.iter_mut() {
+                let b = r.read(*a, step as u32).await.unwrap();
+                assert!(b[..] == body[*a as usize..(*a + step) as usize], "at {a}");
+                *a += step;
+            }
+        }
+        let gets = store.calls(Op::GetObject);
+        assert!(gets <= 100, "{gets} GETs for 4 streams of 16 MiB");
+        assert_eq!(r.streams.len(), MAX_STREAMS);
+        // A fifth place, then the first again: both exact.
+        for a in [64 * MIB, 0] {
+            let b = r.read(a, step as u32).await.unwrap();
+            assert!(b[..] == body[a as usize..(a + step) as usize], "at {a}");
+        }
+        assert_eq!(r.streams.len(), MAX_STREAMS);
+    }
+
     /// A GET's body stays in the pieces it arrived in (the memory store
     /// cuts it at odd sizes): a read inside one piece is a slice of it (the
     /// very bytes the store answered, not a copy), a read across pieces is
@@ -531,7 +692,7 @@ mod tests {
         assert_eq!(r.buffered(), 0, "a refused read fetches nothing");
         // The read waits for the GET under it: its first MiB has arrived.
         r.read(0, k as u32).await.unwrap();
-        let far = r.next_fetch;
+        let far = r.next_fetch();
         // From now on GETs are slow: the ones the next reads send are on
         // their way while the reads are answered from what arrived.
         store.delay(Op::GetObject, Duration::from_secs(5));
@@ -541,7 +702,7 @@ mod tests {
             assert!(b[..] == body[off as usize..(off + k) as usize], "at {off}");
             off += k;
         }
-        assert!(r.next_fetch > far, "the read-ahead moves on");
+        assert!(r.next_fetch() > far, "the read-ahead moves on");
         assert!(
             r.read_ready(far, k as u32).is_none(),
             "its GET is on its way"
@@ -550,11 +711,11 @@ mod tests {
         // A GET that failed: the read that meets it gets the error.
         let mut r = new_reader();
         r.read(0, k as u32).await.unwrap();
-        let far = r.next_fetch;
+        let far = r.next_fetch();
         store.fail_all(Op::GetObject, "InternalError");
         // Sequential: reads ahead past `far`, and those GETs fail.
         assert!(r.read_ready(k, k as u32).is_some_and(|b| b.is_ok()));
-        assert!(r.next_fetch > far);
+        assert!(r.next_fetch() > far);
         match ready(&mut r, far, k).await {
             Some(Err(e)) => assert_eq!(e.code(), Some("InternalError")),
             other => panic!("expected the GET's error, got {other:?}"),
@@ -564,7 +725,8 @@ mod tests {
     /// An object replaced while it is being read: the GET that meets the
     /// new version fails with `Changed` (ESTALE) instead of mixing its
     /// bytes with the old version's, and so does every later read of this
-    /// reader; a new reader reads the new object.
+    /// reader; a new reader reads the new object. (The far read starts a
+    /// second stream: the streams of a reader share the pinned version.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_object_replaced_mid_read_is_stale_not_mixed() {
         let len = 24 * MIB;

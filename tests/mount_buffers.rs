@@ -370,3 +370,36 @@ async fn read_only_handles_skip_the_page_cache_and_still_map() {
         assert!(n > 0, "--page-cache: nothing of the file in the page cache");
     }
 }
+
+/// Four threads read one descriptor at once, each its own quarter of the
+/// file in 1 MiB reads (through direct I/O, every read reaches bucketfs):
+/// every byte comes back exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_threads_reading_one_descriptor_get_exact_bytes() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let body = data(40 * MIB + 77, 43);
+    put(&c, &b, "f", &body).await;
+    let m = Mounted::bucket(&b);
+    let f = File::open(m.path("f")).unwrap();
+    let quarter = body.len().div_ceil(4);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (f, body) = (&f, &body);
+            s.spawn(move || {
+                let (mut at, end) = (t * quarter, ((t + 1) * quarter).min(body.len()));
+                let mut buf = vec![0u8; MIB];
+                while at < end {
+                    let want = (end - at).min(MIB);
+                    let n = f.read_at(&mut buf[..want], at as u64).unwrap();
+                    assert!(n > 0, "thread {t}: early end at {at}");
+                    assert!(
+                        buf[..n] == body[at..at + n],
+                        "thread {t}: bytes differ at {at}"
+                    );
+                    at += n;
+                }
+            });
+        }
+    });
+}
