@@ -30,6 +30,9 @@ const KEEP_BEHIND: u64 = 4 * 1024 * 1024;
 /// Most sequential streams one open file is read in at once, each with its
 /// own read-ahead: threads reading one descriptor at far-apart places.
 const MAX_STREAMS: usize = 4;
+/// A stream no read has continued for this many reads of its file is
+/// retired, giving back its read-ahead and its share of the window.
+const IDLE_READS: u64 = 256;
 
 enum ChunkData {
     Pending(JoinHandle<Result<Frames, S3Error>>),
@@ -64,6 +67,8 @@ impl Chunk {
 pub struct Reader {
     /// Most recently used last.
     streams: Vec<Stream>,
+    /// Reads so far (each stream notes the last it served).
+    reads: u64,
     /// The inode read (the filesystem's bookkeeping; 0 when unset).
     pub ino: u64,
 }
@@ -85,6 +90,8 @@ struct Stream {
     etag: Arc<Mutex<Option<String>>>,
     /// Where the last read planned ended; `None` before the first.
     pos: Option<u64>,
+    /// The reader's read count when this stream last served one.
+    last_read: u64,
     /// The window grows to this: `max_window` shared out among the streams
     /// (one stream's read-ahead must not take the whole budget from the
     /// others, which would then fetch read by read).
@@ -111,10 +118,12 @@ impl Reader {
             budget,
             etag: Arc::new(Mutex::new(None)),
             pos: None,
+            last_read: 0,
             grow_to: max_window.max(INITIAL_WINDOW),
         };
         Reader {
             streams: vec![first],
+            reads: 0,
             ino: 0,
         }
     }
@@ -135,6 +144,9 @@ impl Reader {
 
     /// Reads up to `len` bytes at `offset` (fewer at the end of the object).
     pub async fn read(&mut self, offset: u64, len: u32) -> Result<Bytes, S3Error> {
+        if self.reads_nothing(offset, len) {
+            return Ok(Bytes::new());
+        }
         self.pick(offset).read(offset, len).await
     }
 
@@ -143,13 +155,37 @@ impl Reader {
     /// (a wake-up of another thread per kernel read). `None`: it would wait
     /// for the server. Spawns read-ahead GETs: call it inside the runtime.
     pub fn read_ready(&mut self, offset: u64, len: u32) -> Option<Result<Bytes, S3Error>> {
+        if self.reads_nothing(offset, len) {
+            return Some(Ok(Bytes::new()));
+        }
         self.pick(offset).read_ready(offset, len)
+    }
+
+    /// A read at or past the end, or of nothing: no stream is involved.
+    fn reads_nothing(&self, offset: u64, len: u32) -> bool {
+        self.streams[0].end_of(offset, len).is_none()
     }
 
     /// The stream a read at `offset` belongs to, made the most recently
     /// used: the nearest whose window it falls in, else a new one (in place
-    /// of the least recently used when there are [`MAX_STREAMS`]).
+    /// of the least recently used when there are [`MAX_STREAMS`]). Streams
+    /// idle for [`IDLE_READS`] reads are retired first.
     fn pick(&mut self, offset: u64) -> &mut Stream {
+        self.reads += 1;
+        let now = self.reads;
+        let before = self.streams.len();
+        if before > 1 {
+            // The most recently used stays (it is the template of new ones).
+            let last = before - 1;
+            let mut i = 0;
+            self.streams.retain(|s| {
+                i += 1;
+                i - 1 == last || now - s.last_read <= IDLE_READS || s.distance(offset).is_some()
+            });
+            if self.streams.len() != before {
+                self.share_window();
+            }
+        }
         let nearest = self
             .streams
             .iter()
@@ -165,18 +201,26 @@ impl Reader {
                     self.streams.remove(0);
                 }
                 self.streams.push(s);
-                let n = self.streams.len() as u64;
-                let share = (self.streams[0].max_window / n).max(INITIAL_WINDOW);
-                for s in &mut self.streams {
-                    s.grow_to = share;
-                    s.window = s.window.min(share);
-                }
+                self.share_window();
                 self.streams.len() - 1
             }
         };
-        let s = self.streams.remove(i);
+        let mut s = self.streams.remove(i);
+        s.last_read = now;
         self.streams.push(s);
         self.streams.last_mut().expect("a reader has a stream")
+    }
+
+    /// Shares the window limit out among the streams: one stream's
+    /// read-ahead must not take the whole budget from the others (which
+    /// would then fetch read by read), and a stream left alone gets it all.
+    fn share_window(&mut self) {
+        let n = self.streams.len() as u64;
+        let share = (self.streams[0].max_window / n).max(INITIAL_WINDOW);
+        for s in &mut self.streams {
+            s.grow_to = share;
+            s.window = s.window.min(share);
+        }
     }
 
     /// Where the most recently used stream's next read-ahead GET starts.
@@ -203,6 +247,7 @@ impl Stream {
             budget: self.budget.clone(),
             etag: self.etag.clone(),
             pos: None,
+            last_read: 0,
             grow_to: self.grow_to,
         }
     }
@@ -213,15 +258,16 @@ impl Stream {
     }
 
     /// How far a read at `offset` is from where this stream is, if it
-    /// falls within its window (as [`Stream::plan`] takes it: sequential,
-    /// or filled in around the fetched bytes). A stream not read yet
-    /// takes any read.
+    /// continues it: inside its fetched bytes, or within [`MAX_CHUNK`] (at
+    /// most the window) of them, where [`Stream::plan`] fills the gap (the
+    /// kernel's out-of-order read-ahead stays well within that). Further
+    /// away is another stream. A stream not read yet takes any read.
     fn distance(&self, offset: u64) -> Option<u64> {
         let Some(pos) = self.pos else { return Some(0) };
+        let near = self.max_window.min(MAX_CHUNK);
         let from = self.chunks.front().map_or(pos, |c| c.start).min(pos);
         let to = self.next_fetch.max(pos);
-        (offset + self.max_window >= from && offset <= to + self.max_window)
-            .then(|| offset.abs_diff(pos))
+        (offset + near >= from && offset <= to + near).then(|| offset.abs_diff(pos))
     }
 
     fn buffered(&self) -> u64 {
@@ -609,7 +655,9 @@ mod tests {
     /// interleaved: each keeps a read-ahead stream of its own, so the GETs
     /// stay few (one shared window restarted at every read sent two GETs
     /// per read: about 500 here). A fifth place takes the least recently
-    /// used stream's slot, and every byte stays exact.
+    /// used stream's slot; a read past the end starts none; streams left
+    /// idle are retired and the one left gets the whole window back. Every
+    /// byte stays exact.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn far_apart_readers_of_one_file_each_keep_a_stream() {
         use crate::s3::Op;
@@ -617,23 +665,43 @@ mod tests {
         let (store, body) = store_with(len as usize);
         let mut r = small_window_reader(&store, len);
         let step = 256 * 1024;
+        let check = |b: &Bytes, a: u64| {
+            assert!(b[..] == body[a as usize..a as usize + b.len()], "at {a}");
+        };
         let mut at: Vec<u64> = (0..4).map(|i| i * 16 * MIB).collect();
-        for _ in 0..(16 * MIB / step) {
+        for _ in 0..(8 * MIB / step) {
             for a in at.iter_mut() {
-                let b = r.read(*a, step as u32).await.unwrap();
-                assert!(b[..] == body[*a as usize..(*a + step) as usize], "at {a}");
+                check(&r.read(*a, step as u32).await.unwrap(), *a);
                 *a += step;
             }
         }
         let gets = store.calls(Op::GetObject);
-        assert!(gets <= 100, "{gets} GETs for 4 streams of 16 MiB");
+        assert!(gets <= 60, "{gets} GETs for 4 streams of 8 MiB");
         assert_eq!(r.streams.len(), MAX_STREAMS);
-        // A fifth place, then the first again: both exact.
-        for a in [64 * MIB, 0] {
-            let b = r.read(a, step as u32).await.unwrap();
-            assert!(b[..] == body[a as usize..(a + step) as usize], "at {a}");
+        let positions = |r: &Reader| -> Vec<u64> {
+            let mut p: Vec<u64> = r.streams.iter().filter_map(|s| s.pos).collect();
+            p.sort();
+            p
+        };
+        assert_eq!(positions(&r), vec![8 * MIB, 24 * MIB, 40 * MIB, 56 * MIB]);
+        // A fifth place, far from all four: the least recently used stream
+        // (the one at 56 MiB was read last, the one at 8 MiB first) goes.
+        check(&r.read(72 * MIB, step as u32).await.unwrap(), 72 * MIB);
+        assert_eq!(
+            positions(&r),
+            vec![24 * MIB, 40 * MIB, 56 * MIB, 72 * MIB + step]
+        );
+        // Past the end: nothing to read, no stream started.
+        assert!(r.read(len, 4096).await.unwrap().is_empty());
+        assert_eq!(r.streams.len(), MAX_STREAMS);
+        // One stream read on alone: the others retire, and it grows again.
+        let (mut a, small) = (72 * MIB + step, 16 * 1024);
+        for _ in 0..=IDLE_READS {
+            check(&r.read(a, small as u32).await.unwrap(), a);
+            a += small;
         }
-        assert_eq!(r.streams.len(), MAX_STREAMS);
+        assert_eq!(r.streams.len(), 1, "idle streams retired");
+        assert_eq!(r.streams[0].grow_to, 4 * MIB, "the whole window again");
     }
 
     /// A GET's body stays in the pieces it arrived in (the memory store

@@ -372,15 +372,16 @@ async fn read_only_handles_skip_the_page_cache_and_still_map() {
 }
 
 /// Four threads read one descriptor at once, each its own quarter of the
-/// file in 1 MiB reads (through direct I/O, every read reaches bucketfs):
-/// every byte comes back exact.
+/// file in 1 MiB reads (through direct I/O, every read reaches bucketfs;
+/// with a 4 MiB window the quarters, 10 MiB apart, are four read-ahead
+/// streams): every byte comes back exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_threads_reading_one_descriptor_get_exact_bytes() {
     let c = client();
     let b = fresh_bucket(&c).await;
     let body = data(40 * MIB + 77, 43);
     put(&c, &b, "f", &body).await;
-    let m = Mounted::bucket(&b);
+    let m = Mounted::new(&b, &["--max-readahead", "4MiB"], &[]);
     let f = File::open(m.path("f")).unwrap();
     let quarter = body.len().div_ceil(4);
     std::thread::scope(|s| {
