@@ -12,6 +12,7 @@
 //!                                a time (`ls -l`: mode, owner and mtime live
 //!                                in each object's metadata)
 //!
+//! Runs its requests on a runtime shaped as the mount's (`--io-threads`).
 //! Prints the wall seconds. Configured from the environment as the mount is
 //! (AWS_ENDPOINT_URL, credentials, AWS_CA_BUNDLE).
 
@@ -50,9 +51,18 @@ fn attrs(mode: &str) -> PutOptions {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+fn main() -> anyhow::Result<()> {
+    // The runtime the mount runs its requests on (`--io-threads` default),
+    // and all of the work on its workers, as in the mount.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(bucketfs::mount::default_io_threads())
+        .enable_all()
+        .build()?
+        .block_on(async { tokio::spawn(run()).await? })
+}
+
+async fn run() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1).collect::<Vec<_>>().into_iter();
     let (Some(bucket), Some(what)) = (args.next(), args.next()) else {
         usage()
     };

@@ -36,6 +36,8 @@ pub struct MountOptions {
     /// Every buffer of the mount: write parts and read-ahead.
     pub memory_limit: u64,
     pub fuse_threads: usize,
+    /// Workers of the async runtime (S3 requests and task replies).
+    pub io_threads: usize,
     pub metadata_ttl: Duration,
     /// Trust listings for attributes: no HEAD per listed file.
     pub attrs_from_listing: bool,
@@ -50,6 +52,14 @@ pub struct MountOptions {
     pub object_defaults: crate::s3::PutOptions,
     /// Server-side encryption of every object written (and the key reads need).
     pub sse: Option<crate::s3::Sse>,
+}
+
+/// The default `--io-threads`: one async worker per 4 cores, at least 1.
+/// The work on them is socket I/O and TLS (hashing runs on blocking
+/// threads, FUSE requests arrive on their own threads); a second worker on
+/// a small machine mostly adds wake-ups between workers.
+pub fn default_io_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(4))
 }
 
 /// How often uploads whose abort failed are tried again.
@@ -346,6 +356,7 @@ pub fn foreground() -> Readiness {
 /// aborted, the mount is removed, and the process exits 0.
 pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(o.io_threads.max(1))
         .enable_all()
         .thread_name("bucketfs")
         .build()
@@ -594,6 +605,7 @@ mod tests {
             max_parts_in_flight: 8,
             memory_limit: 256 << 20,
             fuse_threads: 2,
+            io_threads: 1,
             metadata_ttl: Duration::from_secs(1),
             attrs_from_listing: false,
             page_cache: false,
