@@ -74,7 +74,7 @@ enum Command {
     #[command(subcommand)]
     Uploads(UploadsCmd),
     /// Show the files a mount is writing (bytes written and sent, parts,
-    /// rate) and its totals (stored, failed, retries, aborted uploads).
+    /// rate) and its totals (stored, failed, retries, slow parts sent again, aborted uploads).
     Status(StatusArgs),
 }
 

@@ -93,12 +93,13 @@ pub fn report(s: &Sources) -> String {
     let c = s.client.counters();
     let _ = writeln!(
         out,
-        "totals: {} files stored ({}), {} sent, {} failed closes, {} retries, {} uploads aborted ({} at shutdown, {} left by a crash), {} awaiting abort",
+        "totals: {} files stored ({}), {} sent, {} failed closes, {} retries, {} slow parts sent again, {} uploads aborted ({} at shutdown, {} left by a crash), {} awaiting abort",
         st.files_stored.load(Ordering::Relaxed),
         human(st.bytes_stored.load(Ordering::Relaxed)),
         human(c.body_bytes_sent.load(Ordering::Relaxed)),
         st.failures.load(Ordering::Relaxed),
         c.retries.load(Ordering::Relaxed),
+        c.hedges.load(Ordering::Relaxed),
         st.aborted_at_shutdown.load(Ordering::Relaxed) + s.journal.aborted(),
         st.aborted_at_shutdown.load(Ordering::Relaxed),
         s.journal.aborted(),

@@ -403,3 +403,73 @@ fn upload_part_faults_and_refusals_at_the_socket() {
         "{s:?}"
     );
 }
+
+/// A part the server reads whole and never answers (Garage on sqlite did
+/// that to about one 3 GiB upload in five) is sent again on another
+/// connection once it has taken 8 times the median of the parts before it
+/// (at least 2 s), not after its deadline: the upload completes byte-exact,
+/// one hedge is counted and no retry, and the hung connection is closed.
+/// (Without the hedge the part waits for its 64 s deadline and is retried:
+/// the counts below then differ.)
+#[tokio::test]
+async fn a_part_never_answered_is_sent_again_on_another_connection() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let p = proxy();
+    let cfg = S3Config::from_env(&ConfigOverrides {
+        endpoint_url: Some(p.url()),
+        request_timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    })
+    .unwrap();
+    let pc = Client::new(cfg).unwrap();
+    let key = "hedged.bin";
+    // 8 parts are timed before any is hedged; the 10th hangs.
+    let parts: Vec<Vec<u8>> = (0..11).map(|i| data(MIB + i, 200 + i as u64)).collect();
+    let id = pc
+        .create_multipart_upload(&b, key, &PutOptions::default())
+        .await
+        .unwrap();
+    let mut etags = Vec::new();
+    for (i, d) in parts.iter().enumerate() {
+        let n = i as u32 + 1;
+        if n == 10 {
+            p.set(Faults {
+                upload_part_hang_next: 1,
+                ..Default::default()
+            });
+        }
+        let etag = pc
+            .upload_part(&b, key, &id, n, d.clone().into(), None, None)
+            .await
+            .unwrap_or_else(|e| panic!("part {n}: {e}"));
+        assert_eq!(bare_etag(&etag), hex(&md5_of(d)), "part {n}");
+        etags.push((n, etag));
+    }
+    pc.complete_multipart_upload(&b, key, &id, &etags)
+        .await
+        .unwrap();
+    let g = c.get_object(&b, key, None, None).await.unwrap();
+    assert!(
+        g.body[..] == parts.concat()[..],
+        "object differs from the parts"
+    );
+
+    let s = p.stats();
+    assert_eq!(s.injected_hang, 1, "{s:?}");
+    assert_eq!(pc.counters().hedges.load(Relaxed), 1, "{s:?}");
+    assert_eq!(pc.counters().retries.load(Relaxed), 0, "{s:?}");
+    assert_eq!(s.upload_parts, 12, "11 parts and one hedge: {s:?}");
+    assert_eq!(pc.counters().requests(Op::UploadPart), 12);
+    // The winner's answer closed the hung attempt's connection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.stats().stall_closed == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "hung connection kept: {:?}",
+            p.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -3,6 +3,7 @@
 
 use super::config::{PayloadSigning, S3Config};
 use super::error::{Retry, S3Error, TransportKind};
+use super::pace::Pace;
 use super::sigv4::{self, Credentials, SigningParams, SigningRequest};
 use super::types::*;
 use super::xml;
@@ -55,6 +56,9 @@ pub struct Counters {
     pub retries: AtomicU64,
     /// Body bytes sent (successful or not), to prove server-side copies move no data.
     pub body_bytes_sent: AtomicU64,
+    /// UploadParts sent again on another connection while the first
+    /// attempt was still unanswered, far slower than its peers.
+    pub hedges: AtomicU64,
 }
 
 impl Counters {
@@ -82,6 +86,8 @@ struct Live {
     region: RwLock<String>,
     region_fixed: AtomicBool,
     creds: CredentialCell,
+    /// How long UploadParts take: when to send a slow one again.
+    part_pace: Pace,
 }
 
 /// How often a credentials file is checked for changes.
@@ -406,6 +412,7 @@ impl Client {
             region: RwLock::new(cfg.region.clone()),
             region_fixed: AtomicBool::new(false),
             creds: CredentialCell::new(cfg.credentials.clone(), cfg.credentials_file.clone()),
+            part_pace: Pace::default(),
         };
         Ok(Client {
             http,
@@ -599,7 +606,7 @@ impl Client {
                 url.set_query(Some(&query));
             }
             let result = self
-                .attempt(r, &url, &host, &path, &headers, &payload_hash)
+                .hedged(r, &url, &host, &path, &headers, &payload_hash)
                 .await;
             let err = match result {
                 Ok(a) => return Ok(a),
@@ -650,6 +657,58 @@ impl Client {
         }
     }
 
+    /// One attempt; for an UploadPart still unanswered long after its
+    /// peers would have been ([`Pace::hedge_after`]), a second one on
+    /// another connection, and the first success wins (the loser's
+    /// connection is closed). Both carry the same bytes and Content-MD5, so
+    /// whichever the server keeps, the part is the same. A server that read
+    /// a part whole and never answered held the close for the part's whole
+    /// deadline without this.
+    async fn hedged(
+        &self,
+        r: &Request<'_>,
+        url: &Url,
+        host: &str,
+        path: &str,
+        headers: &[(String, String)],
+        payload_hash: &str,
+    ) -> Result<Answer, S3Error> {
+        let first = self.attempt(r, url, host, path, headers, payload_hash);
+        let after = match r.op {
+            Op::UploadPart => self.live.part_pace.hedge_after(r.body.len()),
+            _ => None,
+        };
+        let Some(after) = after else {
+            return first.await;
+        };
+        tokio::pin!(first);
+        tokio::select! {
+            a = &mut first => return a,
+            _ = tokio::time::sleep(after) => {}
+        }
+        self.counters.hedges.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            bucket = r.bucket,
+            key = ?r.key,
+            part = ?part_number(r),
+            waited = ?after,
+            "UploadPart unanswered far longer than its peers; sending it again on another connection"
+        );
+        let second = self.attempt(r, url, host, path, headers, payload_hash);
+        tokio::pin!(second);
+        let (a, first_left) = tokio::select! {
+            a = &mut first => (a, false),
+            b = &mut second => (b, true),
+        };
+        match a {
+            Ok(a) => Ok(a),
+            // One failed: the other may still succeed; if both fail, the
+            // first error is the one reported (and retried).
+            Err(e) if first_left => first.await.map_err(|_| e),
+            Err(e) => second.await.map_err(|_| e),
+        }
+    }
+
     async fn attempt(
         &self,
         r: &Request<'_>,
@@ -659,6 +718,7 @@ impl Client {
         headers: &[(String, String)],
         payload_hash: &str,
     ) -> Result<Answer, S3Error> {
+        let began = Instant::now();
         self.counters.requests[r.op as usize].fetch_add(1, Ordering::Relaxed);
         let creds = self.live.creds.get();
         let region = self.region();
@@ -765,6 +825,9 @@ impl Client {
                     request_id: e.request_id,
                 });
             }
+        }
+        if r.op == Op::UploadPart {
+            self.live.part_pace.record(r.body.len(), began.elapsed());
         }
         Ok(Answer {
             headers,

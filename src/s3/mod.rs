@@ -3,11 +3,13 @@
 //! - [`sigv4`]: pure request signing, proven on AWS's vectors.
 //! - [`xml`]: the XML bodies.
 //! - [`http`]: the client and its operations, retries and error mapping.
+//! - [`pace`]: how long parts take, for sending a slow one again.
 
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod memory;
+pub mod pace;
 pub mod sigv4;
 pub mod store;
 pub mod types;

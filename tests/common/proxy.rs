@@ -42,6 +42,10 @@ pub struct Faults {
     /// Chance that an UploadPart stalls: about half its body is read, then
     /// nothing more is read or answered until the client closes.
     pub upload_part_stall: f64,
+    /// The next this many UploadParts hang: the body is read whole, and
+    /// nothing is answered until the client closes (a server that took a
+    /// part and never answered). Counts down as they come.
+    pub upload_part_hang_next: u64,
     /// Chance that a GET's answer is cut off: its head and about half its
     /// body are passed on, then the connection is reset.
     pub get_cut: f64,
@@ -67,11 +71,13 @@ pub struct Stats {
     pub injected_reset: u64,
     /// UploadParts the proxy stalled.
     pub injected_stall: u64,
+    /// UploadParts the proxy read whole and never answered.
+    pub injected_hang: u64,
     /// GET requests seen.
     pub gets: u64,
     /// GET answers the proxy cut off mid-body.
     pub injected_cut: u64,
-    /// Stalled connections the client has closed. A close with body bytes
+    /// Stalled or hung connections the client has closed. A close with body bytes
     /// still unsent (more than the socket buffers took) cannot reach the
     /// proxy, whose receive window is full: such a stall is only released
     /// when the proxy is dropped or after 10 minutes, and is not counted.
@@ -96,6 +102,7 @@ struct Counters {
     injected_500: AtomicU64,
     injected_reset: AtomicU64,
     injected_stall: AtomicU64,
+    injected_hang: AtomicU64,
     gets: AtomicU64,
     injected_cut: AtomicU64,
     stall_closed: AtomicU64,
@@ -218,6 +225,7 @@ impl FaultProxy {
             injected_500: g(&c.injected_500),
             injected_reset: g(&c.injected_reset),
             injected_stall: g(&c.injected_stall),
+            injected_hang: g(&c.injected_hang),
             gets: g(&c.gets),
             injected_cut: g(&c.injected_cut),
             stall_closed: g(&c.stall_closed),
@@ -269,6 +277,8 @@ enum Action {
     Status(u16),
     Reset,
     Stall,
+    /// Read the whole body, never answer.
+    Hang,
     /// Forward, but cut the answer off mid-body.
     Cut,
 }
@@ -329,6 +339,11 @@ async fn serve(mut client: TcpStream, sh: &Shared) -> io::Result<()> {
         match st.faults.fail_all {
             Some(FailAll::Status(s)) => (Action::Status(s), true),
             Some(FailAll::Reset) => (Action::Reset, true),
+            None if req.upload_part && st.faults.upload_part_hang_next > 0 => {
+                st.faults.upload_part_hang_next -= 1;
+                bump(&sh.counters.injected_hang);
+                (Action::Hang, false)
+            }
             None if req.upload_part => {
                 let f = &st.faults;
                 let (p500, preset, pstall) =
@@ -371,6 +386,13 @@ async fn serve(mut client: TcpStream, sh: &Shared) -> io::Result<()> {
         }
         Action::Stall => {
             discard(&mut client, &mut rest, body_len / 2).await?;
+            if hold(&client).await {
+                bump(&sh.counters.stall_closed);
+            }
+            Ok(())
+        }
+        Action::Hang => {
+            discard(&mut client, &mut rest, body_len).await?;
             if hold(&client).await {
                 bump(&sh.counters.stall_closed);
             }
