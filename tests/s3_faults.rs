@@ -405,7 +405,7 @@ fn upload_part_faults_and_refusals_at_the_socket() {
 }
 
 /// A part the server reads whole and never answers (Garage on sqlite did
-/// that to about one 3 GiB upload in five) is sent again on another
+/// that in 4 of 25 3 GiB uploads here) is sent again on another
 /// connection once it has taken 8 times the median of the parts before it
 /// (at least 2 s), not after its deadline: the upload completes byte-exact,
 /// one hedge is counted and no retry, and the hung connection is closed.
