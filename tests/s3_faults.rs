@@ -16,6 +16,44 @@ fn proxy() -> FaultProxy {
     FaultProxy::start(&require_env("AWS_ENDPOINT_URL"))
 }
 
+/// Uploads `parts` one at a time as a new multipart upload of `key`,
+/// checking each part's ETag; `before(n)` runs before part `n` is sent.
+/// Returns the upload id and the parts for Complete.
+async fn upload_in_parts(
+    pc: &Client,
+    b: &str,
+    key: &str,
+    parts: &[Vec<u8>],
+    mut before: impl FnMut(u32),
+) -> (String, Vec<(u32, String)>) {
+    let id = pc
+        .create_multipart_upload(b, key, &PutOptions::default())
+        .await
+        .unwrap();
+    let mut etags = Vec::new();
+    for (i, d) in parts.iter().enumerate() {
+        let n = i as u32 + 1;
+        before(n);
+        let etag = pc
+            .upload_part(b, key, &id, n, d.clone().into(), None, None)
+            .await
+            .unwrap_or_else(|e| panic!("part {n}: {e}"));
+        assert_eq!(bare_etag(&etag), hex(&md5_of(d)), "part {n}");
+        etags.push((n, etag));
+    }
+    (id, etags)
+}
+
+/// Waits (up to 10 s) until the proxy has seen the client close a stalled
+/// or hung connection.
+fn await_stall_closed(p: &FaultProxy, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.stats().stall_closed == 0 {
+        assert!(Instant::now() < deadline, "{what}: {:?}", p.stats());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A client configured like a user's, talking to the proxy.
 fn proxied_client(p: &FaultProxy) -> Client {
     let cfg = S3Config::from_env(&ConfigOverrides {
@@ -93,20 +131,7 @@ async fn multipart_upload_survives_part_errors_and_resets() {
     let key = "big/file.bin";
     let parts: Vec<Vec<u8>> = (0..6).map(|i| data(5 * MIB, 100 + i)).collect();
     let started = Instant::now();
-    let id = pc
-        .create_multipart_upload(&b, key, &PutOptions::default())
-        .await
-        .unwrap();
-    let mut etags = Vec::new();
-    for (i, d) in parts.iter().enumerate() {
-        let n = i as u32 + 1;
-        let etag = pc
-            .upload_part(&b, key, &id, n, d.clone().into(), None, None)
-            .await
-            .unwrap_or_else(|e| panic!("part {n}: {e}"));
-        assert_eq!(bare_etag(&etag), hex(&md5_of(d)), "part {n}");
-        etags.push((n, etag));
-    }
+    let (id, etags) = upload_in_parts(&pc, &b, key, &parts, |_| {}).await;
     let md5s: Vec<[u8; 16]> = parts.iter().map(|d| md5_of(d)).collect();
     let etag = pc
         .complete_multipart_upload(&b, key, &id, &etags)
@@ -355,15 +380,7 @@ fn upload_part_faults_and_refusals_at_the_socket() {
     let e = s.read(&mut [0u8; 16]).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
     drop(s);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while p.stats().stall_closed == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "stall not released: {:?}",
-            p.stats()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_stall_closed(&p, "stall not released");
 
     p.set(Faults {
         fail_all: Some(FailAll::Status(503)),
@@ -427,26 +444,15 @@ async fn a_part_never_answered_is_sent_again_on_another_connection() {
     let key = "hedged.bin";
     // 8 parts are timed before any is hedged; the 10th hangs.
     let parts: Vec<Vec<u8>> = (0..11).map(|i| data(MIB + i, 200 + i as u64)).collect();
-    let id = pc
-        .create_multipart_upload(&b, key, &PutOptions::default())
-        .await
-        .unwrap();
-    let mut etags = Vec::new();
-    for (i, d) in parts.iter().enumerate() {
-        let n = i as u32 + 1;
+    let (id, etags) = upload_in_parts(&pc, &b, key, &parts, |n| {
         if n == 10 {
             p.set(Faults {
                 upload_part_hang_next: 1,
                 ..Default::default()
             });
         }
-        let etag = pc
-            .upload_part(&b, key, &id, n, d.clone().into(), None, None)
-            .await
-            .unwrap_or_else(|e| panic!("part {n}: {e}"));
-        assert_eq!(bare_etag(&etag), hex(&md5_of(d)), "part {n}");
-        etags.push((n, etag));
-    }
+    })
+    .await;
     pc.complete_multipart_upload(&b, key, &id, &etags)
         .await
         .unwrap();
@@ -463,13 +469,5 @@ async fn a_part_never_answered_is_sent_again_on_another_connection() {
     assert_eq!(s.upload_parts, 12, "11 parts and one hedge: {s:?}");
     assert_eq!(pc.counters().requests(Op::UploadPart), 12);
     // The winner's answer closed the hung attempt's connection.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while p.stats().stall_closed == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "hung connection kept: {:?}",
-            p.stats()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_stall_closed(&p, "hung connection kept");
 }

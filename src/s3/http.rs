@@ -233,6 +233,16 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Where every attempt of one request goes, and its headers before signing.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    url: &'a Url,
+    host: &'a str,
+    path: &'a str,
+    headers: &'a [(String, String)],
+    payload_hash: &'a str,
+}
+
 /// The part number of an UploadPart(Copy), for log lines.
 fn part_number<'r>(r: &'r Request<'_>) -> Option<&'r str> {
     r.query
@@ -605,9 +615,14 @@ impl Client {
             if !query.is_empty() {
                 url.set_query(Some(&query));
             }
-            let result = self
-                .hedged(r, &url, &host, &path, &headers, &payload_hash)
-                .await;
+            let target = Target {
+                url: &url,
+                host: &host,
+                path: &path,
+                headers: &headers,
+                payload_hash: &payload_hash,
+            };
+            let result = self.hedged(r, target).await;
             let err = match result {
                 Ok(a) => return Ok(a),
                 Err(e) => e,
@@ -664,16 +679,8 @@ impl Client {
     /// whichever the server keeps, the part is the same. A server that read
     /// a part whole and never answered held the close for the part's whole
     /// deadline without this.
-    async fn hedged(
-        &self,
-        r: &Request<'_>,
-        url: &Url,
-        host: &str,
-        path: &str,
-        headers: &[(String, String)],
-        payload_hash: &str,
-    ) -> Result<Answer, S3Error> {
-        let first = self.attempt(r, url, host, path, headers, payload_hash);
+    async fn hedged(&self, r: &Request<'_>, t: Target<'_>) -> Result<Answer, S3Error> {
+        let first = self.attempt(r, t);
         let after = match r.op {
             Op::UploadPart => self.live.part_pace.hedge_after(r.body.len()),
             _ => None,
@@ -694,7 +701,7 @@ impl Client {
             waited = ?after,
             "UploadPart unanswered far longer than its peers; sending it again on another connection"
         );
-        let second = self.attempt(r, url, host, path, headers, payload_hash);
+        let second = self.attempt(r, t);
         tokio::pin!(second);
         let (a, first_left) = tokio::select! {
             a = &mut first => (a, false),
@@ -709,15 +716,14 @@ impl Client {
         }
     }
 
-    async fn attempt(
-        &self,
-        r: &Request<'_>,
-        url: &Url,
-        host: &str,
-        path: &str,
-        headers: &[(String, String)],
-        payload_hash: &str,
-    ) -> Result<Answer, S3Error> {
+    async fn attempt(&self, r: &Request<'_>, t: Target<'_>) -> Result<Answer, S3Error> {
+        let Target {
+            url,
+            host,
+            path,
+            headers,
+            payload_hash,
+        } = t;
         let began = Instant::now();
         self.counters.requests[r.op as usize].fetch_add(1, Ordering::Relaxed);
         let creds = self.live.creds.get();
