@@ -177,9 +177,10 @@ struct MountArgs {
     fuse_threads: usize,
     /// Threads that run the network side: S3 requests, their TLS, and the
     /// replies of requests answered from async tasks [default: one per 4
-    /// cores, at least 1]. Hashing runs on threads of its own. More
-    /// threads hand work between each other, which costs CPU: with 2 on 2
-    /// cores, `ls -l` of 10,000 files took a third more CPU than with 1
+    /// cores, at least 1]. Hashing of bodies over 256 KiB runs on threads
+    /// of its own. More threads hand work between each other, which costs
+    /// CPU: with 2 on 2 cores, `ls -l` of 10,000 files took a third more
+    /// CPU than with 1
     #[arg(long, value_name = "N")]
     io_threads: Option<usize>,
     /// Where the crash journal and the status socket live [default:

@@ -471,3 +471,53 @@ async fn a_part_never_answered_is_sent_again_on_another_connection() {
     // The winner's answer closed the hung attempt's connection.
     await_stall_closed(&p, "hung connection kept");
 }
+
+/// A hedge that fails is sent again at once by the retry loop, not after
+/// the hung first attempt's deadline (600 s here): the upload ends with one
+/// hedge and one retry. The 60 s bound only tells a hang from progress
+/// (the old behaviour waited the whole 600 s).
+#[tokio::test]
+async fn a_failed_hedge_is_retried_without_waiting_for_the_hung_attempt() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let p = proxy();
+    let cfg = S3Config::from_env(&ConfigOverrides {
+        endpoint_url: Some(p.url()),
+        request_timeout: Some(Duration::from_secs(600)),
+        ..Default::default()
+    })
+    .unwrap();
+    let pc = Client::new(cfg).unwrap();
+    let key = "hedge-failed.bin";
+    let parts: Vec<Vec<u8>> = (0..10).map(|i| data(MIB + i, 300 + i as u64)).collect();
+    let upload = upload_in_parts(&pc, &b, key, &parts, |n| {
+        if n == 10 {
+            p.set(Faults {
+                upload_part_hang_next: 1,
+                upload_part_500_next: 1,
+                ..Default::default()
+            });
+        }
+    });
+    let (id, etags) = tokio::time::timeout(Duration::from_secs(60), upload)
+        .await
+        .expect("the part waited for the hung attempt's deadline");
+    pc.complete_multipart_upload(&b, key, &id, &etags)
+        .await
+        .unwrap();
+    let g = c.get_object(&b, key, None, None).await.unwrap();
+    assert!(
+        g.body[..] == parts.concat()[..],
+        "object differs from the parts"
+    );
+    let s = p.stats();
+    assert_eq!((s.injected_hang, s.injected_500), (1, 1), "{s:?}");
+    assert_eq!(pc.counters().hedges.load(Relaxed), 1, "{s:?}");
+    assert_eq!(pc.counters().retries.load(Relaxed), 1, "{s:?}");
+    assert_eq!(
+        s.upload_parts, 12,
+        "9 parts, then hang, hedge, retry: {s:?}"
+    );
+    await_stall_closed(&p, "hung connection kept");
+}

@@ -23,6 +23,9 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 const SERVER_WORK_TIMEOUT: Duration = Duration::from_secs(600);
 /// Total time one request may spend in retries.
 const MAX_RETRY_ELAPSED: Duration = Duration::from_secs(120);
+/// Bodies up to this size are hashed on the async worker (a blocking
+/// thread's hand-off costs more); larger ones on a blocking thread.
+pub const INLINE_HASH_MAX: usize = 256 * 1024;
 /// Most pages a listing follows before calling the answer a loop.
 const MAX_PAGES: usize = 1_000_000;
 
@@ -88,6 +91,8 @@ struct Live {
     creds: CredentialCell,
     /// How long UploadParts take: when to send a slow one again.
     part_pace: Pace,
+    /// Hedged attempts in flight (at most [`MAX_HEDGES`]).
+    hedging: AtomicUsize,
 }
 
 /// How often a credentials file is checked for changes.
@@ -230,6 +235,28 @@ impl<'a> Request<'a> {
         self.body = body;
         self.md5 = md5;
         self
+    }
+}
+
+/// Most hedged attempts of a client in flight at once.
+const MAX_HEDGES: usize = 2;
+
+/// One of the [`MAX_HEDGES`] slots, given back when dropped.
+struct HedgeSlot<'a>(&'a AtomicUsize);
+
+impl<'a> HedgeSlot<'a> {
+    fn take(n: &'a AtomicUsize) -> Option<Self> {
+        n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            (v < MAX_HEDGES).then_some(v + 1)
+        })
+        .ok()
+        .map(|_| HedgeSlot(n))
+    }
+}
+
+impl Drop for HedgeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -423,6 +450,7 @@ impl Client {
             region_fixed: AtomicBool::new(false),
             creds: CredentialCell::new(cfg.credentials.clone(), cfg.credentials_file.clone()),
             part_pace: Pace::default(),
+            hedging: AtomicUsize::new(0),
         };
         Ok(Client {
             http,
@@ -594,7 +622,15 @@ impl Client {
         let payload_hash = match (r.md5, self.cfg.payload_signing) {
             (Some(_), PayloadSigning::UnsignedWithMd5) => sigv4::UNSIGNED_PAYLOAD.to_string(),
             _ if r.body.is_empty() => sigv4::EMPTY_SHA256.to_string(),
-            _ => sigv4::sha256_hex(&r.body),
+            _ if r.body.len() <= INLINE_HASH_MAX => sigv4::sha256_hex(&r.body),
+            // A part's SHA-256 takes milliseconds: off the async workers,
+            // which carry every other request meanwhile.
+            _ => {
+                let body = r.body.clone();
+                tokio::task::spawn_blocking(move || sigv4::sha256_hex(&body))
+                    .await
+                    .map_err(|e| S3Error::malformed("signing", format!("hashing task: {e}")))?
+            }
         };
         let mut headers = r.headers.clone();
         headers.push(("x-amz-content-sha256".into(), payload_hash.clone()));
@@ -693,6 +729,12 @@ impl Client {
             a = &mut first => return a,
             _ = tokio::time::sleep(after) => {}
         }
+        // A few at a time: when the link itself is full (more files at once
+        // than the pace was learned with), every part is slow, and sending
+        // them all twice would only fill it more.
+        let Some(_slot) = HedgeSlot::take(&self.live.hedging) else {
+            return first.await;
+        };
         self.counters.hedges.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             bucket = r.bucket,
@@ -703,16 +745,17 @@ impl Client {
         );
         let second = self.attempt(r, t);
         tokio::pin!(second);
-        let (a, first_left) = tokio::select! {
-            a = &mut first => (a, false),
-            b = &mut second => (b, true),
-        };
-        match a {
-            Ok(a) => Ok(a),
-            // One failed: the other may still succeed; if both fail, the
-            // first error is the one reported (and retried).
-            Err(e) if first_left => first.await.map_err(|_| e),
-            Err(e) => second.await.map_err(|_| e),
+        tokio::select! {
+            // The first attempt failed: the second may still succeed (if it
+            // fails too, the first error is the one reported and retried).
+            a = &mut first => match a {
+                Ok(a) => Ok(a),
+                Err(e) => second.await.map_err(|_| e),
+            },
+            // The second one answered. A failure is returned at once, for
+            // the retry loop to send the part again: waiting for the first,
+            // which is already far late, would wait out its deadline.
+            b = &mut second => b,
         }
     }
 
@@ -1496,6 +1539,20 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// At most [`MAX_HEDGES`] hedges at once; a finished one gives its
+    /// slot back.
+    #[test]
+    fn hedges_are_capped_and_slots_come_back() {
+        let n = AtomicUsize::new(0);
+        let a = HedgeSlot::take(&n).expect("first");
+        let b = HedgeSlot::take(&n).expect("second");
+        assert!(HedgeSlot::take(&n).is_none(), "a third while two run");
+        drop(a);
+        let c = HedgeSlot::take(&n).expect("a slot came back");
+        drop((b, c));
+        assert_eq!(n.load(Ordering::Relaxed), 0);
+    }
 
     /// Large pieces of a body are kept as they are (the very bytes, no
     /// copy); small ones are copied together into buffers of at most 1 MiB,

@@ -151,6 +151,16 @@ impl Drop for Unqueue<'_> {
     }
 }
 
+/// The MD5 of a whole body sent in one request: a small one at once, on
+/// the caller's thread (a blocking thread's hand-off costs more than 256
+/// KiB of MD5), a larger one off the async workers.
+pub async fn md5_of_body(body: &Bytes) -> Option<[u8; 16]> {
+    if body.len() <= crate::s3::http::INLINE_HASH_MAX {
+        return Some(md5_of(body));
+    }
+    PARTS.md5(body.clone(), false).await
+}
+
 /// Parts waiting to be hashed together.
 pub struct Batcher {
     waiting: Mutex<Vec<Job>>,

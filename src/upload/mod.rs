@@ -917,7 +917,9 @@ impl Upload {
                 _ => std::mem::take(&mut self.tail),
             };
             let body = body.freeze();
-            let md5 = md5_of(&body);
+            let Some(md5) = md5x::md5_of_body(&body).await else {
+                return Err(self.fail("PutObject: hashing the body failed"));
+            };
             return match self
                 .target
                 .store

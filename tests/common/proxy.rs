@@ -46,6 +46,9 @@ pub struct Faults {
     /// nothing is answered until the client closes (a server that took a
     /// part and never answered). Counts down as they come.
     pub upload_part_hang_next: u64,
+    /// The next this many UploadParts (after any hang above) are answered
+    /// `500 InternalError`. Counts down as they come.
+    pub upload_part_500_next: u64,
     /// Chance that a GET's answer is cut off: its head and about half its
     /// body are passed on, then the connection is reset.
     pub get_cut: f64,
@@ -343,6 +346,11 @@ async fn serve(mut client: TcpStream, sh: &Shared) -> io::Result<()> {
                 st.faults.upload_part_hang_next -= 1;
                 bump(&sh.counters.injected_hang);
                 (Action::Hang, false)
+            }
+            None if req.upload_part && st.faults.upload_part_500_next > 0 => {
+                st.faults.upload_part_500_next -= 1;
+                bump(&sh.counters.injected_500);
+                (Action::Status(500), false)
             }
             None if req.upload_part => {
                 let f = &st.faults;
