@@ -65,6 +65,7 @@ impl Chunk {
 /// 1 GiB each through one descriptor: 10.7 s with one window, 2.6 s with
 /// streams; one thread alone: 1.45 s).
 pub struct Reader {
+    obj: Arc<Object>,
     /// Most recently used last.
     streams: Vec<Stream>,
     /// Reads so far (each stream notes the last it served).
@@ -73,21 +74,39 @@ pub struct Reader {
     pub ino: u64,
 }
 
-/// One sequential stream through the object and its read-ahead.
-struct Stream {
+/// The object a reader reads, shared by its streams.
+struct Object {
     store: Arc<dyn ObjectStore>,
     key: String,
     size: u64,
     max_window: u64,
+    budget: Arc<Budget>,
+    /// The ETag the first GET of any stream answered: every later GET must
+    /// answer the same, or the object was replaced mid-read and its bytes
+    /// would mix.
+    etag: Mutex<Option<String>>,
+}
+
+impl Object {
+    /// The pinned ETag.
+    fn pin(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.etag.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where a read of `len` bytes at `offset` ends (cut at the end of the
+    /// object); `None` when it reads nothing.
+    fn end_of(&self, offset: u64, len: u32) -> Option<u64> {
+        (offset < self.size && len > 0).then(|| (offset + len as u64).min(self.size))
+    }
+}
+
+/// One sequential stream through the object and its read-ahead.
+struct Stream {
+    obj: Arc<Object>,
     window: u64,
     chunks: VecDeque<Chunk>,
     /// Where the next read-ahead GET starts.
     next_fetch: u64,
-    budget: Arc<Budget>,
-    /// The ETag the first GET of any stream answered: every later GET must
-    /// answer the same, or the object was replaced mid-read and its bytes
-    /// would mix. Shared by the streams of one reader.
-    etag: Arc<Mutex<Option<String>>>,
     /// Where the last read planned ended; `None` before the first.
     pos: Option<u64>,
     /// The reader's read count when this stream last served one.
@@ -107,22 +126,17 @@ impl Reader {
         max_window: u64,
         budget: Arc<Budget>,
     ) -> Self {
-        let first = Stream {
+        let obj = Arc::new(Object {
             store,
             key,
             size,
             max_window: max_window.max(INITIAL_WINDOW),
-            window: INITIAL_WINDOW,
-            chunks: VecDeque::new(),
-            next_fetch: 0,
             budget,
-            etag: Arc::new(Mutex::new(None)),
-            pos: None,
-            last_read: 0,
-            grow_to: max_window.max(INITIAL_WINDOW),
-        };
+            etag: Mutex::new(None),
+        });
         Reader {
-            streams: vec![first],
+            streams: vec![Stream::new(obj.clone(), obj.max_window)],
+            obj,
             reads: 0,
             ino: 0,
         }
@@ -131,7 +145,7 @@ impl Reader {
     /// The object got the ETag `new` from a copy of the same bytes (this
     /// mount's attribute write): later GETs answering it are not a change.
     pub fn repin(&mut self, old: &str, new: &str) {
-        let mut pin = self.streams[0].pin();
+        let mut pin = self.obj.pin();
         if pin.as_deref().is_some_and(|e| same_etag(e, old)) {
             *pin = Some(new.to_string());
         }
@@ -163,7 +177,7 @@ impl Reader {
 
     /// A read at or past the end, or of nothing: no stream is involved.
     fn reads_nothing(&self, offset: u64, len: u32) -> bool {
-        self.streams[0].end_of(offset, len).is_none()
+        self.obj.end_of(offset, len).is_none()
     }
 
     /// The stream a read at `offset` belongs to, made the most recently
@@ -175,7 +189,7 @@ impl Reader {
         let now = self.reads;
         let before = self.streams.len();
         if before > 1 {
-            // The most recently used stays (it is the template of new ones).
+            // The most recently used stays.
             let last = before - 1;
             let mut i = 0;
             self.streams.retain(|s| {
@@ -195,7 +209,7 @@ impl Reader {
         let i = match nearest {
             Some((_, i)) => i,
             None => {
-                let mut s = self.streams[0].sibling();
+                let mut s = Stream::new(self.obj.clone(), self.streams[0].grow_to);
                 s.pos = Some(offset);
                 if self.streams.len() >= MAX_STREAMS {
                     self.streams.remove(0);
@@ -216,7 +230,7 @@ impl Reader {
     /// would then fetch read by read), and a stream left alone gets it all.
     fn share_window(&mut self) {
         let n = self.streams.len() as u64;
-        let share = (self.streams[0].max_window / n).max(INITIAL_WINDOW);
+        let share = (self.obj.max_window / n).max(INITIAL_WINDOW);
         for s in &mut self.streams {
             s.grow_to = share;
             s.window = s.window.min(share);
@@ -234,27 +248,17 @@ impl Reader {
 }
 
 impl Stream {
-    /// A new, empty stream of the same object, sharing the pinned ETag.
-    fn sibling(&self) -> Stream {
+    /// A new, empty stream of `obj` whose window grows to `grow_to`.
+    fn new(obj: Arc<Object>, grow_to: u64) -> Stream {
         Stream {
-            store: self.store.clone(),
-            key: self.key.clone(),
-            size: self.size,
-            max_window: self.max_window,
+            obj,
             window: INITIAL_WINDOW,
             chunks: VecDeque::new(),
             next_fetch: 0,
-            budget: self.budget.clone(),
-            etag: self.etag.clone(),
             pos: None,
             last_read: 0,
-            grow_to: self.grow_to,
+            grow_to,
         }
-    }
-
-    /// The pinned ETag.
-    fn pin(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.etag.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How far a read at `offset` is from where this stream is, if it
@@ -264,7 +268,7 @@ impl Stream {
     /// away is another stream. A stream not read yet takes any read.
     fn distance(&self, offset: u64) -> Option<u64> {
         let Some(pos) = self.pos else { return Some(0) };
-        let near = self.max_window.min(MAX_CHUNK);
+        let near = self.obj.max_window.min(MAX_CHUNK);
         let from = self.chunks.front().map_or(pos, |c| c.start).min(pos);
         let to = self.next_fetch.max(pos);
         (offset + near >= from && offset <= to + near).then(|| offset.abs_diff(pos))
@@ -275,7 +279,7 @@ impl Stream {
     }
 
     fn spawn(&self, start: u64, end: u64, grant: Option<Grant>) -> Chunk {
-        let (store, key) = (self.store.clone(), self.key.clone());
+        let (store, key) = (self.obj.store.clone(), self.obj.key.clone());
         let task = tokio::spawn(async move { store.get_object_frames(&key, start..end).await });
         Chunk {
             start,
@@ -286,7 +290,7 @@ impl Stream {
     }
 
     async fn read(&mut self, offset: u64, len: u32) -> Result<Bytes, S3Error> {
-        let Some(end) = self.end_of(offset, len) else {
+        let Some(end) = self.obj.end_of(offset, len) else {
             return Ok(Bytes::new());
         };
         self.plan(offset, end);
@@ -295,7 +299,7 @@ impl Stream {
     }
 
     fn read_ready(&mut self, offset: u64, len: u32) -> Option<Result<Bytes, S3Error>> {
-        let Some(end) = self.end_of(offset, len) else {
+        let Some(end) = self.obj.end_of(offset, len) else {
             return Some(Ok(Bytes::new()));
         };
         match self.settle(offset, end) {
@@ -308,12 +312,6 @@ impl Stream {
                 Some(self.gather(offset, end))
             }
         }
-    }
-
-    /// Where a read of `len` bytes at `offset` ends (cut at the end of the
-    /// object); `None` when it reads nothing.
-    fn end_of(&self, offset: u64, len: u32) -> Option<u64> {
-        (offset < self.size && len > 0).then(|| (offset + len as u64).min(self.size))
     }
 
     /// Moves the window for a read of `offset..end`: fetches what it needs
@@ -330,8 +328,8 @@ impl Stream {
         // arrive out of order: a read a little before the fetched bytes, or
         // a little past them, is filled in, not taken for a jump.
         let near = !self.chunks.is_empty()
-            && offset + self.max_window >= fetched_from
-            && offset <= self.next_fetch + self.max_window;
+            && offset + self.obj.max_window >= fetched_from
+            && offset <= self.next_fetch + self.obj.max_window;
         if sequential {
             self.window = (self.window * 2).min(self.grow_to);
         } else if near {
@@ -350,22 +348,22 @@ impl Stream {
             self.drop_chunks();
             self.window = INITIAL_WINDOW;
             // Fetch what this read needs (at least a little), then read ahead from there.
-            let first_end = (offset + (end - offset).max(MIN_RANDOM_READ)).min(self.size);
+            let first_end = (offset + (end - offset).max(MIN_RANDOM_READ)).min(self.obj.size);
             let c = self.spawn(offset, first_end, None);
             self.chunks.push_back(c);
             self.next_fetch = first_end;
         }
         // Read ahead up to the window past this read.
-        let target = (end + self.window).min(self.size);
+        let target = (end + self.window).min(self.obj.size);
         while self.next_fetch < target.max(end) {
             let chunk = (self.window / 2).clamp(INITIAL_WINDOW, MAX_CHUNK);
-            let stop = (self.next_fetch + chunk).min(self.size);
-            let (stop, grant) = match self.budget.try_grant(stop - self.next_fetch) {
+            let stop = (self.next_fetch + chunk).min(self.obj.size);
+            let (stop, grant) = match self.obj.budget.try_grant(stop - self.next_fetch) {
                 Some(g) => (stop, Some(g)),
                 // Read-ahead memory is used up: fetch only what this read needs.
                 None if self.next_fetch < end => {
                     let needed = (end - self.next_fetch).max(MIN_RANDOM_READ);
-                    ((self.next_fetch + needed).min(self.size), None)
+                    ((self.next_fetch + needed).min(self.obj.size), None)
                 }
                 None => break,
             };
@@ -440,20 +438,20 @@ impl Stream {
         // Checked and pinned under one lock: the first GETs of two streams
         // cannot both pass with different versions.
         let got = got.and_then(|f| {
-            let mut pin = self.pin();
+            let mut pin = self.obj.pin();
             match &*pin {
                 Some(was) if !f.etag.is_empty() && !same_etag(was, &f.etag) => {
                     Err(S3Error::Changed {
-                        key: self.key.clone(),
+                        key: self.obj.key.clone(),
                         was: format!("ETag {was}"),
                         now: format!("ETag {}", f.etag),
                     })
                 }
                 // The first GET of a file replaced since it was opened (its
                 // size then is what reads are cut to).
-                _ if f.object_size != self.size => Err(S3Error::Changed {
-                    key: self.key.clone(),
-                    was: format!("{} bytes", self.size),
+                _ if f.object_size != self.obj.size => Err(S3Error::Changed {
+                    key: self.obj.key.clone(),
+                    was: format!("{} bytes", self.obj.size),
                     now: format!("{} bytes, ETag {}", f.object_size, f.etag),
                 }),
                 _ => {
@@ -520,7 +518,7 @@ impl Stream {
                 "GetObject",
                 format!(
                     "object {} shorter than expected ({} of {} bytes at {offset})",
-                    self.key,
+                    self.obj.key,
                     got,
                     end - offset
                 ),
