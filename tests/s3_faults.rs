@@ -421,83 +421,34 @@ fn upload_part_faults_and_refusals_at_the_socket() {
     );
 }
 
-/// A part the server reads whole and never answers (Garage on sqlite did
-/// that in 4 of 25 3 GiB uploads here) is sent again on another
-/// connection once it has taken 8 times the median of the parts before it
-/// (at least 2 s), not after its deadline: the upload completes byte-exact,
-/// one hedge is counted and no retry, and the hung connection is closed.
-/// (Without the hedge the part waits for its 64 s deadline and is retried:
-/// the counts below then differ.)
-#[tokio::test]
-async fn a_part_never_answered_is_sent_again_on_another_connection() {
-    use std::sync::atomic::Ordering::Relaxed;
+/// Uploads `n` parts of a little over 1 MiB as `key` through a proxy that
+/// takes `faults` just before part 10 (9 parts have been timed by then, so
+/// a hedge may fire), with attempts whose fixed deadline is
+/// `request_timeout`; completes it and checks the object through the
+/// server itself. The upload must end within 60 s: that bound only tells a
+/// part left waiting out a hung attempt's deadline from progress. Returns
+/// the client (for its counters) and the proxy.
+async fn upload_with_part_10_faulted(
+    key: &str,
+    n: u64,
+    seed: u64,
+    request_timeout: Duration,
+    faults: Faults,
+) -> (Client, FaultProxy) {
     let c = client();
     let b = fresh_bucket(&c).await;
     let p = proxy();
     let cfg = S3Config::from_env(&ConfigOverrides {
         endpoint_url: Some(p.url()),
-        request_timeout: Some(Duration::from_secs(60)),
+        request_timeout: Some(request_timeout),
         ..Default::default()
     })
     .unwrap();
     let pc = Client::new(cfg).unwrap();
-    let key = "hedged.bin";
-    // 8 parts are timed before any is hedged; the 10th hangs.
-    let parts: Vec<Vec<u8>> = (0..11).map(|i| data(MIB + i, 200 + i as u64)).collect();
-    let (id, etags) = upload_in_parts(&pc, &b, key, &parts, |n| {
-        if n == 10 {
-            p.set(Faults {
-                upload_part_hang_next: 1,
-                ..Default::default()
-            });
-        }
-    })
-    .await;
-    pc.complete_multipart_upload(&b, key, &id, &etags)
-        .await
-        .unwrap();
-    let g = c.get_object(&b, key, None, None).await.unwrap();
-    assert!(
-        g.body[..] == parts.concat()[..],
-        "object differs from the parts"
-    );
-
-    let s = p.stats();
-    assert_eq!(s.injected_hang, 1, "{s:?}");
-    assert_eq!(pc.counters().hedges.load(Relaxed), 1, "{s:?}");
-    assert_eq!(pc.counters().retries.load(Relaxed), 0, "{s:?}");
-    assert_eq!(s.upload_parts, 12, "11 parts and one hedge: {s:?}");
-    assert_eq!(pc.counters().requests(Op::UploadPart), 12);
-    // The winner's answer closed the hung attempt's connection.
-    await_stall_closed(&p, "hung connection kept");
-}
-
-/// A hedge that fails is sent again at once by the retry loop, not after
-/// the hung first attempt's deadline (600 s here): the upload ends with one
-/// hedge and one retry. The 60 s bound only tells a hang from progress
-/// (the old behaviour waited the whole 600 s).
-#[tokio::test]
-async fn a_failed_hedge_is_retried_without_waiting_for_the_hung_attempt() {
-    use std::sync::atomic::Ordering::Relaxed;
-    let c = client();
-    let b = fresh_bucket(&c).await;
-    let p = proxy();
-    let cfg = S3Config::from_env(&ConfigOverrides {
-        endpoint_url: Some(p.url()),
-        request_timeout: Some(Duration::from_secs(600)),
-        ..Default::default()
-    })
-    .unwrap();
-    let pc = Client::new(cfg).unwrap();
-    let key = "hedge-failed.bin";
-    let parts: Vec<Vec<u8>> = (0..10).map(|i| data(MIB + i, 300 + i as u64)).collect();
+    let parts: Vec<Vec<u8>> = (0..n).map(|i| data(MIB + i as usize, seed + i)).collect();
     let upload = upload_in_parts(&pc, &b, key, &parts, |n| {
         if n == 10 {
-            p.set(Faults {
-                upload_part_hang_next: 1,
-                upload_part_500_next: 1,
-                ..Default::default()
-            });
+            p.set(faults.clone());
         }
     });
     let (id, etags) = tokio::time::timeout(Duration::from_secs(60), upload)
@@ -511,6 +462,53 @@ async fn a_failed_hedge_is_retried_without_waiting_for_the_hung_attempt() {
         g.body[..] == parts.concat()[..],
         "object differs from the parts"
     );
+    (pc, p)
+}
+
+/// A part the server reads whole and never answers (Garage on sqlite did
+/// that in 4 of 25 3 GiB uploads here) is sent again on another
+/// connection once it has taken 8 times the median of the parts before it
+/// (at least 2 s), not after its deadline: the upload completes byte-exact,
+/// one hedge is counted and no retry, and the hung connection is closed.
+/// (Without the hedge the part waits for its 64 s deadline.)
+#[tokio::test]
+async fn a_part_never_answered_is_sent_again_on_another_connection() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let faults = Faults {
+        upload_part_hang_next: 1,
+        ..Default::default()
+    };
+    let (pc, p) =
+        upload_with_part_10_faulted("hedged.bin", 11, 200, Duration::from_secs(60), faults).await;
+    let s = p.stats();
+    assert_eq!(s.injected_hang, 1, "{s:?}");
+    assert_eq!(pc.counters().hedges.load(Relaxed), 1, "{s:?}");
+    assert_eq!(pc.counters().retries.load(Relaxed), 0, "{s:?}");
+    assert_eq!(s.upload_parts, 12, "11 parts and one hedge: {s:?}");
+    assert_eq!(pc.counters().requests(Op::UploadPart), 12);
+    // The winner's answer closed the hung attempt's connection.
+    await_stall_closed(&p, "hung connection kept");
+}
+
+/// A hedge that fails is sent again at once by the retry loop, not after
+/// the hung first attempt's deadline (600 s here): the upload ends with one
+/// hedge and one retry (the old behaviour waited the whole 600 s).
+#[tokio::test]
+async fn a_failed_hedge_is_retried_without_waiting_for_the_hung_attempt() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let faults = Faults {
+        upload_part_hang_next: 1,
+        upload_part_500_next: 1,
+        ..Default::default()
+    };
+    let (pc, p) = upload_with_part_10_faulted(
+        "hedge-failed.bin",
+        10,
+        300,
+        Duration::from_secs(600),
+        faults,
+    )
+    .await;
     let s = p.stats();
     assert_eq!((s.injected_hang, s.injected_500), (1, 1), "{s:?}");
     assert_eq!(pc.counters().hedges.load(Relaxed), 1, "{s:?}");
