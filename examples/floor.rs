@@ -16,7 +16,7 @@
 //! Prints the wall seconds. Configured from the environment as the mount is
 //! (AWS_ENDPOINT_URL, credentials, AWS_CA_BUNDLE).
 
-use bucketfs::s3::{Client, ConfigOverrides, MetadataDirective, PutOptions, S3Config};
+use bucketfs::s3::{Client, ConfigOverrides, CopyOptions, MetadataDirective, PutOptions, S3Config};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,7 +90,8 @@ async fn run() -> anyhow::Result<()> {
                 c.put_object(&bucket, &tmp, body.clone(), None, &attrs("33152"))
                     .await?;
                 let to = MetadataDirective::Replace(attrs("33188"));
-                c.copy_object(&bucket, &tmp, &bucket, &key, &to).await?;
+                c.copy_object(&bucket, &tmp, &bucket, &key, &CopyOptions::new(&to))
+                    .await?;
                 c.delete_object(&bucket, &tmp).await?;
             }
         }
@@ -111,7 +112,7 @@ async fn run() -> anyhow::Result<()> {
                 let (c, b, sem) = (c.clone(), bucket.clone(), sem.clone());
                 set.spawn(async move {
                     let _p = sem.acquire_owned().await;
-                    c.head_object(&b, &k).await.map(|_| ())
+                    c.head_object(&b, &k, None).await.map(|_| ())
                 });
             }
             while let Some(r) = set.join_next().await {

@@ -28,11 +28,13 @@ async fn put_multipart(c: &Client, key: &str, body: &[u8], part: usize) -> Strin
             .upload_part(
                 BUCKET,
                 key,
-                &id,
-                n,
-                bytes::Bytes::copy_from_slice(chunk),
-                Some(md5),
-                None,
+                PartUpload {
+                    upload_id: &id,
+                    number: n,
+                    body: bytes::Bytes::copy_from_slice(chunk),
+                    md5: Some(md5),
+                    sse: None,
+                },
             )
             .await
             .unwrap_or_else(|e| panic!("UploadPart {key} #{n}: {e}"));

@@ -176,7 +176,7 @@ async fn a_write_into_a_sent_part_is_einval_and_stores_nothing() {
         "the log names file and offset:\n{log}"
     );
     assert!(c
-        .head_object(&b, "late.bin")
+        .head_object(&b, "late.bin", None)
         .await
         .unwrap_err()
         .is_not_found());
@@ -213,7 +213,7 @@ async fn a_write_past_the_largest_file_is_efbig_naming_the_flag() {
         "{log}"
     );
     assert!(c
-        .head_object(&b, "huge.bin")
+        .head_object(&b, "huge.bin", None)
         .await
         .unwrap_err()
         .is_not_found());
@@ -359,7 +359,7 @@ async fn read_only_handles_skip_the_page_cache_and_still_map() {
         std::io::Error::last_os_error()
     );
     assert_eq!(n, 0, "read of a new O_RDONLY|O_CREAT file: {read_err}");
-    assert_eq!(c.head_object(&b, "new").await.unwrap().size, 0);
+    assert_eq!(c.head_object(&b, "new", None).await.unwrap().size, 0);
     drop(m);
 
     let m = Mounted::new(&b, &["--page-cache"], &[]);

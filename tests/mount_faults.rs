@@ -62,7 +62,7 @@ fn start_big_file(path: &Path, c: &bucketfs::s3::Client, bucket: &str) -> std::f
 }
 
 fn head_is_absent(c: &bucketfs::s3::Client, bucket: &str, key: &str) -> bool {
-    matches!(rt().block_on(c.head_object(bucket, key)), Err(e) if e.is_not_found())
+    matches!(rt().block_on(c.head_object(bucket, key, None)), Err(e) if e.is_not_found())
 }
 
 /// 20 files of 40 MiB through a proxy that fails 20% of UploadParts (500s,

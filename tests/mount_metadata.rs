@@ -20,7 +20,7 @@ async fn head_until(
 ) -> ObjectHead {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let seen = match c.head_object(b, key).await {
+        let seen = match c.head_object(b, key, None).await {
             Ok(h) if check(&h) => return h,
             Ok(h) => format!("{:?}", h.metadata),
             Err(e) if e.is_not_found() => "no such key".to_string(),
@@ -180,7 +180,7 @@ async fn a_second_rsync_transfers_nothing() {
             .unwrap()
             .modified()
             .unwrap();
-        let h = c.head_object(&b, "dst/f1").await.unwrap();
+        let h = c.head_object(&b, "dst/f1", None).await.unwrap();
         assert_eq!(
             meta(&h, "mtime").and_then(bucketfs::fs::meta::parse_time),
             Some(want),
@@ -245,12 +245,12 @@ async fn symlinks_and_fifos_are_stored_as_s3fs_stores_them() {
     }
     let g = c.get_object(&b, "link", None, None).await.unwrap();
     assert_eq!(&g.body[..], target.as_bytes());
-    let h = c.head_object(&b, "link").await.unwrap();
+    let h = c.head_object(&b, "link", None).await.unwrap();
     assert_eq!(
         meta(&h, "mode"),
         Some(&*(libc::S_IFLNK | 0o777).to_string())
     );
-    let h = c.head_object(&b, "pipe").await.unwrap();
+    let h = c.head_object(&b, "pipe", None).await.unwrap();
     assert_eq!(h.size, 0);
     let mode: u32 = meta(&h, "mode").unwrap().parse().unwrap();
     assert_eq!(mode & libc::S_IFMT, libc::S_IFIFO);
@@ -572,7 +572,11 @@ async fn attrs_from_listing_lists_without_heads() {
     c.put_object(&b, "d/meta", "meta!".into(), None, &opts)
         .await
         .unwrap();
-    let listed_at = c.head_object(&b, "d/meta").await.unwrap().last_modified;
+    let listed_at = c
+        .head_object(&b, "d/meta", None)
+        .await
+        .unwrap()
+        .last_modified;
     let proxy = common::proxy::FaultProxy::start(&require_env("AWS_ENDPOINT_URL"));
     let url = proxy.url();
     let heads = |p: &common::proxy::FaultProxy| {
@@ -620,14 +624,14 @@ async fn attrs_from_listing_lists_without_heads() {
             .arg(m.path("d/meta"))
             .arg(m.path("d/moved")),
     );
-    let h = c.head_object(&b, "d/moved").await.unwrap();
+    let h = c.head_object(&b, "d/moved", None).await.unwrap();
     assert_eq!(
         meta(&h, "mode"),
         Some(&*(libc::S_IFREG | 0o600).to_string())
     );
     assert_eq!(meta(&h, "mtime"), Some("1600000000"), "kept by the rename");
     assert!(c
-        .head_object(&b, "d/meta")
+        .head_object(&b, "d/meta", None)
         .await
         .unwrap_err()
         .is_not_found());
@@ -678,7 +682,7 @@ async fn copies_keep_cache_control_and_content_encoding() {
             .arg(m.path(".page.Xy12"))
             .arg(m.path("page.html")),
     );
-    let h = c.head_object(&b, "page.html").await.unwrap();
+    let h = c.head_object(&b, "page.html", None).await.unwrap();
     assert_eq!(
         h.content_type.as_deref(),
         Some("text/html"),
@@ -721,7 +725,7 @@ async fn device_nodes_keep_their_rdev() {
         ("tty", libc::S_IFCHR),
         ("sock", libc::S_IFSOCK),
     ] {
-        let h = c.head_object(&b, name).await.unwrap();
+        let h = c.head_object(&b, name, None).await.unwrap();
         assert_eq!(h.size, 0, "{name}");
         let mode: u32 = meta(&h, "mode").unwrap().parse().unwrap();
         assert_eq!(mode, kind | 0o640, "{name}");
@@ -827,7 +831,7 @@ async fn a_chmod_waits_for_the_files_readers() {
     let f = std::fs::File::open(&p).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let h = c.head_object(&b, "clip").await.unwrap();
+    let h = c.head_object(&b, "clip", None).await.unwrap();
     assert_eq!(meta(&h, "mode"), None, "copied while a reader was open");
     let mut got = Vec::new();
     std::io::Read::read_to_end(&mut &f, &mut got).unwrap();

@@ -46,7 +46,11 @@ async fn renaming_a_file_moves_the_object() {
     std::fs::rename(m.path("a.bin"), m.path("sub/b.bin")).unwrap();
     let g = c.get_object(&b, "sub/b.bin", None, None).await.unwrap();
     assert!(g.body[..] == big[..], "bytes at the new key");
-    assert!(c.head_object(&b, "a.bin").await.unwrap_err().is_not_found());
+    assert!(c
+        .head_object(&b, "a.bin", None)
+        .await
+        .unwrap_err()
+        .is_not_found());
     assert!(!m.path("a.bin").exists());
     assert_eq!(std::fs::read(m.path("sub/b.bin")).unwrap(), big);
 
@@ -280,7 +284,7 @@ async fn appending_with_shell_redirection() {
     let g = c.get_object(&b, "big.log", None, None).await.unwrap();
     assert_eq!(g.body.len(), big.len() + 9);
     assert!(g.body[..big.len()] == big[..] && &g.body[big.len()..] == b"appended\n");
-    let h = c.head_object(&b, "big.log").await.unwrap();
+    let h = c.head_object(&b, "big.log", None).await.unwrap();
     assert_eq!(h.content_type.as_deref(), Some("text/plain"));
     assert_eq!(meta(&h, "color"), Some("blue"));
     let g = c.get_object(&b, "small.log", None, None).await.unwrap();

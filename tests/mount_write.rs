@@ -55,7 +55,7 @@ async fn cp_lands_byte_exact_with_the_right_etag_shape() {
 
         let g = c.get_object(&b, &name, None, None).await.unwrap();
         assert!(g.body[..] == body[..], "{name}: bucket bytes differ");
-        let h = c.head_object(&b, &name).await.unwrap();
+        let h = c.head_object(&b, &name, None).await.unwrap();
         let etag = bare_etag(&h.etag);
         let parts = size.div_ceil(PART);
         if parts <= 1 {
@@ -112,7 +112,7 @@ async fn parts_stream_while_the_writer_holds_the_file() {
     };
     assert!(parts.iter().all(|p| p.size == PART as u64));
     assert!(
-        c.head_object(&b, "stream.bin")
+        c.head_object(&b, "stream.bin", None)
             .await
             .unwrap_err()
             .is_not_found(),
@@ -148,7 +148,7 @@ async fn a_forked_child_closing_does_not_complete_the_file() {
     let mut status = 0;
     unsafe { libc::waitpid(pid, &mut status, 0) };
     assert!(
-        c.head_object(&b, "forked.bin")
+        c.head_object(&b, "forked.bin", None)
             .await
             .unwrap_err()
             .is_not_found(),
@@ -178,7 +178,7 @@ async fn server_killed_mid_file_fails_close_and_stores_nothing() {
         "writing or closing must fail when the server is gone"
     );
     g.resume();
-    let e = c.head_object(b, "doomed.bin").await.unwrap_err();
+    let e = c.head_object(b, "doomed.bin", None).await.unwrap_err();
     assert!(e.is_not_found(), "{e}");
     m.unmount();
 }
@@ -198,7 +198,7 @@ async fn cp_reports_a_dead_server() {
     g.resume();
     let e = g
         .client()
-        .head_object("bucketfs-test", "small.bin")
+        .head_object("bucketfs-test", "small.bin", None)
         .await
         .unwrap_err();
     assert!(e.is_not_found(), "{e}");
@@ -211,7 +211,7 @@ async fn mkdir_rmdir_unlink_touch_round_trips() {
     let b = fresh_bucket(&c).await;
     let m = Mounted::bucket(&b);
     std::fs::create_dir(m.path("d")).unwrap();
-    let h = c.head_object(&b, "d/").await.unwrap();
+    let h = c.head_object(&b, "d/", None).await.unwrap();
     assert_eq!(h.size, 0, "mkdir writes a marker");
     std::fs::create_dir(m.path("d/e")).unwrap();
     assert_eq!(
@@ -219,17 +219,25 @@ async fn mkdir_rmdir_unlink_touch_round_trips() {
         Some(libc::ENOTEMPTY)
     );
     std::fs::remove_dir(m.path("d/e")).unwrap();
-    assert!(c.head_object(&b, "d/e/").await.unwrap_err().is_not_found());
+    assert!(c
+        .head_object(&b, "d/e/", None)
+        .await
+        .unwrap_err()
+        .is_not_found());
 
     assert!(Command::new("touch")
         .arg(m.path("d/t"))
         .status()
         .unwrap()
         .success());
-    let h = c.head_object(&b, "d/t").await.unwrap();
+    let h = c.head_object(&b, "d/t", None).await.unwrap();
     assert_eq!(h.size, 0, "touch creates a 0-byte object");
     std::fs::remove_file(m.path("d/t")).unwrap();
-    assert!(c.head_object(&b, "d/t").await.unwrap_err().is_not_found());
+    assert!(c
+        .head_object(&b, "d/t", None)
+        .await
+        .unwrap_err()
+        .is_not_found());
     std::fs::remove_dir(m.path("d")).unwrap();
     assert!(c
         .list_objects_all(&b, "", None)
@@ -276,7 +284,7 @@ async fn a_prefix_only_directory_goes_with_its_last_key() {
     c.delete_object(&b, "q/only").await.unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(names(), ["made"], "only the mkdir'd directory stays");
-    assert!(c.head_object(&b, "made/").await.is_ok());
+    assert!(c.head_object(&b, "made/", None).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +313,10 @@ async fn overwrite_with_o_trunc_replaces_the_object() {
             .open(m.path("f"))
             .unwrap(),
     );
-    assert_eq!(c.head_object(&b, "f").await.unwrap().size, new.len() as u64);
+    assert_eq!(
+        c.head_object(&b, "f", None).await.unwrap().size,
+        new.len() as u64
+    );
 }
 
 /// Names: non-UTF-8 is EILSEQ, a key over 1,024 bytes ENAMETOOLONG, xattrs ENOTSUP,
@@ -368,7 +379,7 @@ async fn unlink_while_writing_stores_nothing() {
     f.write_all(b"more").unwrap();
     drop(f);
     assert!(c
-        .head_object(&b, "gone.bin")
+        .head_object(&b, "gone.bin", None)
         .await
         .unwrap_err()
         .is_not_found());
@@ -463,7 +474,7 @@ async fn attributes_show_while_mounted() {
     assert_eq!((md.uid(), md.gid()), (1234, 4321));
     assert_eq!(md.mtime(), 1_000_000_000);
     assert_eq!(md.len(), 5);
-    assert_eq!(c.head_object(&b, "attrs").await.unwrap().size, 5);
+    assert_eq!(c.head_object(&b, "attrs", None).await.unwrap().size, 5);
 }
 
 /// A file this mount is still writing cannot be opened for reading (EBUSY).

@@ -25,7 +25,7 @@ async fn put_head_get_delete_round_trip() {
         .unwrap();
     assert_eq!(bare_etag(&etag), hex(&md5_of(&body)));
 
-    let h = c.head_object(&b, "dir/file.txt").await.unwrap();
+    let h = c.head_object(&b, "dir/file.txt", None).await.unwrap();
     assert_eq!(h.size, 1000);
     assert_eq!(bare_etag(&h.etag), hex(&md5_of(&body)));
     assert_eq!(h.content_type.as_deref(), Some("text/plain"));
@@ -47,7 +47,7 @@ async fn put_head_get_delete_round_trip() {
     assert_eq!(head["Metadata"]["mtime"], "1700000000");
 
     c.delete_object(&b, "dir/file.txt").await.unwrap();
-    let e = c.head_object(&b, "dir/file.txt").await.unwrap_err();
+    let e = c.head_object(&b, "dir/file.txt", None).await.unwrap_err();
     assert!(e.is_not_found(), "{e}");
     let e = c
         .get_object(&b, "dir/file.txt", None, None)
@@ -73,7 +73,7 @@ async fn empty_object() {
         .await
         .unwrap();
     assert_eq!(bare_etag(&etag), "d41d8cd98f00b204e9800998ecf8427e");
-    assert_eq!(c.head_object(&b, "empty").await.unwrap().size, 0);
+    assert_eq!(c.head_object(&b, "empty", None).await.unwrap().size, 0);
     assert!(c
         .get_object(&b, "empty", None, None)
         .await
@@ -123,7 +123,17 @@ async fn multipart_round_trip_with_list_parts_paging() {
     for n in [3u32, 1, 2] {
         let d = &parts_data[n as usize - 1];
         let etag = c
-            .upload_part(&b, key, &id, n, d.clone().into(), None, None)
+            .upload_part(
+                &b,
+                key,
+                PartUpload {
+                    upload_id: &id,
+                    number: n,
+                    body: d.clone().into(),
+                    md5: None,
+                    sse: None,
+                },
+            )
             .await
             .unwrap();
         assert_eq!(bare_etag(&etag), hex(&md5_of(d)));
@@ -158,7 +168,10 @@ async fn multipart_round_trip_with_list_parts_paging() {
     let all: Vec<u8> = parts_data.concat();
     let g = c.get_object(&b, key, None, None).await.unwrap();
     assert!(g.body[..] == all[..], "object differs");
-    assert_eq!(c.head_object(&b, key).await.unwrap().size, all.len() as u64);
+    assert_eq!(
+        c.head_object(&b, key, None).await.unwrap().size,
+        all.len() as u64
+    );
     assert!(s3ref_json(&["uploads", &b, ""])
         .as_array()
         .unwrap()
@@ -173,18 +186,42 @@ async fn abort_removes_the_upload() {
         .create_multipart_upload(&b, "k", &PutOptions::default())
         .await
         .unwrap();
-    c.upload_part(&b, "k", &id, 1, data(100, 6).into(), None, None)
-        .await
-        .unwrap();
+    c.upload_part(
+        &b,
+        "k",
+        PartUpload {
+            upload_id: &id,
+            number: 1,
+            body: data(100, 6).into(),
+            md5: None,
+            sse: None,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(c.list_uploads(&b, "").await.unwrap().len(), 1);
     c.abort_multipart_upload(&b, "k", &id).await.unwrap();
     assert!(c.list_uploads(&b, "").await.unwrap().is_empty());
     let e = c
-        .upload_part(&b, "k", &id, 2, data(100, 7).into(), None, None)
+        .upload_part(
+            &b,
+            "k",
+            PartUpload {
+                upload_id: &id,
+                number: 2,
+                body: data(100, 7).into(),
+                md5: None,
+                sse: None,
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("NoSuchUpload"), "{e}");
-    assert!(c.head_object(&b, "k").await.unwrap_err().is_not_found());
+    assert!(c
+        .head_object(&b, "k", None)
+        .await
+        .unwrap_err()
+        .is_not_found());
 }
 
 #[tokio::test]
@@ -244,7 +281,11 @@ async fn wrong_content_md5_is_rejected() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("BadDigest"), "{e}");
-    assert!(c.head_object(&b, "bad").await.unwrap_err().is_not_found());
+    assert!(c
+        .head_object(&b, "bad", None)
+        .await
+        .unwrap_err()
+        .is_not_found());
 
     let id = c
         .create_multipart_upload(&b, "badpart", &PutOptions::default())
@@ -254,11 +295,13 @@ async fn wrong_content_md5_is_rejected() {
         .upload_part(
             &b,
             "badpart",
-            &id,
-            1,
-            data(100, 9).into(),
-            Some(wrong),
-            None,
+            PartUpload {
+                upload_id: &id,
+                number: 1,
+                body: data(100, 9).into(),
+                md5: Some(wrong),
+                sse: None,
+            },
         )
         .await
         .unwrap_err();
@@ -279,7 +322,7 @@ async fn wrong_secret_is_rejected() {
         .unwrap_err();
     assert_eq!(e.status(), Some(403), "{e}");
     assert_eq!(e.retry(), Retry::No);
-    let e = bad.head_object(&b, "x").await.unwrap_err();
+    let e = bad.head_object(&b, "x", None).await.unwrap_err();
     assert_eq!(e.status(), Some(403), "{e}");
 }
 
@@ -428,11 +471,17 @@ async fn copy_object_keeps_or_replaces_metadata() {
         .unwrap();
 
     let etag = c
-        .copy_object(&b, "src", &b, "copy", &MetadataDirective::Copy)
+        .copy_object(
+            &b,
+            "src",
+            &b,
+            "copy",
+            &CopyOptions::new(&MetadataDirective::Copy),
+        )
         .await
         .unwrap();
     assert_eq!(bare_etag(&etag), hex(&md5_of(&body)));
-    let h = c.head_object(&b, "copy").await.unwrap();
+    let h = c.head_object(&b, "copy", None).await.unwrap();
     assert_eq!(h.metadata.get("a").map(String::as_str), Some("1"));
     assert_eq!(h.content_type.as_deref(), Some("text/html"));
 
@@ -441,10 +490,16 @@ async fn copy_object_keeps_or_replaces_metadata() {
         ..Default::default()
     };
     replace.metadata.insert("b".into(), "2".into());
-    c.copy_object(&b, "src", &b, "src", &MetadataDirective::Replace(replace))
-        .await
-        .unwrap();
-    let h = c.head_object(&b, "src").await.unwrap();
+    c.copy_object(
+        &b,
+        "src",
+        &b,
+        "src",
+        &CopyOptions::new(&MetadataDirective::Replace(replace)),
+    )
+    .await
+    .unwrap();
+    let h = c.head_object(&b, "src", None).await.unwrap();
     assert_eq!(h.metadata.get("b").map(String::as_str), Some("2"));
     assert!(!h.metadata.contains_key("a"));
     assert_eq!(h.content_type.as_deref(), Some("application/x-test"));
@@ -452,7 +507,13 @@ async fn copy_object_keeps_or_replaces_metadata() {
     assert_eq!(&g.body[..], &body[..]);
 
     let e = c
-        .copy_object(&b, "missing", &b, "x", &MetadataDirective::Copy)
+        .copy_object(
+            &b,
+            "missing",
+            &b,
+            "x",
+            &CopyOptions::new(&MetadataDirective::Copy),
+        )
         .await
         .unwrap_err();
     assert!(e.is_not_found(), "{e}");
@@ -475,18 +536,32 @@ async fn upload_part_copy_builds_an_object_from_ranges() {
         .body_bytes_sent
         .load(std::sync::atomic::Ordering::Relaxed);
     let p1 = c
-        .upload_part_copy(&b, "dst", &id, 1, &b, "src", Some(0..5 * MIB as u64))
+        .upload_part_copy(
+            &b,
+            "dst",
+            PartCopy {
+                upload_id: &id,
+                number: 1,
+                src_bucket: &b,
+                src: Source::key("src"),
+                range: Some(0..5 * MIB as u64),
+                sse: None,
+            },
+        )
         .await
         .unwrap();
     let p2 = c
         .upload_part_copy(
             &b,
             "dst",
-            &id,
-            2,
-            &b,
-            "src",
-            Some(5 * MIB as u64..6 * MIB as u64),
+            PartCopy {
+                upload_id: &id,
+                number: 2,
+                src_bucket: &b,
+                src: Source::key("src"),
+                range: Some(5 * MIB as u64..6 * MIB as u64),
+                sse: None,
+            },
         )
         .await
         .unwrap();
@@ -499,11 +574,13 @@ async fn upload_part_copy_builds_an_object_from_ranges() {
         .upload_part(
             &b,
             "dst",
-            &id,
-            3,
-            bytes::Bytes::from_static(b"!"),
-            None,
-            None,
+            PartUpload {
+                upload_id: &id,
+                number: 3,
+                body: bytes::Bytes::from_static(b"!"),
+                md5: None,
+                sse: None,
+            },
         )
         .await
         .unwrap();
@@ -538,7 +615,7 @@ async fn dead_server_is_a_transport_error_not_a_hang() {
     cfg.endpoint = config::parse_endpoint(&format!("http://127.0.0.1:{port}")).unwrap();
     cfg.max_attempts = 2;
     let c = Client::new(cfg).unwrap();
-    let e = c.head_object("b", "k").await.unwrap_err();
+    let e = c.head_object("b", "k", None).await.unwrap_err();
     assert!(
         matches!(
             e,

@@ -35,7 +35,17 @@ async fn upload_in_parts(
         let n = i as u32 + 1;
         before(n);
         let etag = pc
-            .upload_part(b, key, &id, n, d.clone().into(), None, None)
+            .upload_part(
+                b,
+                key,
+                PartUpload {
+                    upload_id: &id,
+                    number: n,
+                    body: d.clone().into(),
+                    md5: None,
+                    sse: None,
+                },
+            )
             .await
             .unwrap_or_else(|e| panic!("part {n}: {e}"));
         assert_eq!(bare_etag(&etag), hex(&md5_of(d)), "part {n}");
@@ -83,7 +93,7 @@ async fn no_faults_round_trip_byte_exact() {
         .unwrap();
     assert_eq!(bare_etag(&etag), hex(&md5_of(&body)));
     assert_eq!(
-        pc.head_object(&b, "dir/obj").await.unwrap().size,
+        pc.head_object(&b, "dir/obj", None).await.unwrap().size,
         body.len() as u64
     );
     let g = pc.get_object(&b, "dir/obj", None, None).await.unwrap();
@@ -242,7 +252,7 @@ async fn outage(kind: FailAll) -> S3Error {
     assert!(attempts > 1, "retried: {s:?}");
     assert!(s.refused >= attempts, "{s:?}");
     assert_eq!(s.forwarded, 0, "{s:?}");
-    let e = c.head_object(&b, "k").await.unwrap_err();
+    let e = c.head_object(&b, "k", None).await.unwrap_err();
     assert!(e.is_not_found(), "{e}");
 
     p.set(Faults::default());
@@ -250,7 +260,7 @@ async fn outage(kind: FailAll) -> S3Error {
         .await
         .unwrap();
     assert_eq!(
-        c.head_object(&b, "k").await.unwrap().size,
+        c.head_object(&b, "k", None).await.unwrap().size,
         body.len() as u64
     );
     err

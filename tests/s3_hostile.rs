@@ -4,7 +4,7 @@
 //! bounded number of requests — never a panic or an endless loop. The
 //! server here is a canned one that answers every request the same way.
 
-use bucketfs::s3::{Client, S3Error};
+use bucketfs::s3::{Client, PartUpload, S3Error};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -194,11 +194,13 @@ fn a_part_etag_that_is_not_the_md5_is_refused() {
         .block_on(client(&s.url, 1).upload_part(
             "b",
             "k",
-            "u",
-            1,
-            bytes::Bytes::from_static(b"body"),
-            None,
-            None,
+            PartUpload {
+                upload_id: "u",
+                number: 1,
+                body: bytes::Bytes::from_static(b"body"),
+                md5: None,
+                sse: None,
+            },
         ))
         .unwrap_err();
     assert!(matches!(e, S3Error::EtagMismatch { .. }), "{e}");
@@ -211,7 +213,7 @@ fn head_reads_encryption_and_standard_headers() {
     // What a HEAD answered with these headers (after the ETag) says.
     let head = |headers: &'static str| {
         let s = canned(200, headers, "");
-        rt().block_on(client(&s.url, 1).head_object("b", "k"))
+        rt().block_on(client(&s.url, 1).head_object("b", "k", None))
             .unwrap()
     };
     let h = head(

@@ -68,7 +68,11 @@ fn storage_class_headers_acl_and_content_type_reach_the_server() {
     std::fs::write(m.path("a.bin"), b"bytes").unwrap();
     m.run(Command::new("mv").arg(m.path("a.bin")).arg(m.path("b.bin")));
 
-    let ct = |k: &str| rt().block_on(c.head_object(&b, k)).unwrap().content_type;
+    let ct = |k: &str| {
+        rt().block_on(c.head_object(&b, k, None))
+            .unwrap()
+            .content_type
+    };
     assert_eq!(ct("page.html").as_deref(), Some("text/html"));
     assert_eq!(ct("movie.mp4").as_deref(), Some("video/mp4"));
     assert_eq!(ct("style.css").as_deref(), Some("text/css"));

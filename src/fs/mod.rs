@@ -9,7 +9,7 @@ pub mod inode;
 pub mod meta;
 
 use crate::prefetch::Reader;
-use crate::s3::{MetadataDirective, ObjectStore, PutOptions};
+use crate::s3::{MetadataDirective, ObjectStore, PutOptions, Source};
 use crate::upload::{Progress, Upload, UploadConfig};
 pub use error::{FsError, FsResult};
 use inode::{Inode, InodeTable, Kind, StoredMeta, ROOT};
@@ -973,7 +973,11 @@ impl Fs {
                     .await?
             } else {
                 self.store
-                    .copy_object(&i.key, &i.key, &MetadataDirective::Replace(opts.clone()))
+                    .copy_object(
+                        Source::key(&i.key),
+                        &i.key,
+                        &MetadataDirective::Replace(opts.clone()),
+                    )
                     .await?
             };
             Ok::<_, FsError>((etag, opts))
@@ -1216,7 +1220,11 @@ impl Fs {
         let etag = match existing {
             Some(_) => {
                 self.store
-                    .copy_object(&i.key, &i.key, &MetadataDirective::Replace(opts.clone()))
+                    .copy_object(
+                        Source::key(&i.key),
+                        &i.key,
+                        &MetadataDirective::Replace(opts.clone()),
+                    )
                     .await?
             }
             None => {
@@ -1483,7 +1491,7 @@ impl Fs {
                 i.size,
             ));
         }
-        let g = self.store.get_object(&i.key, None).await?;
+        let g = self.store.get_object(Source::key(&i.key), None).await?;
         if g.body.len() as u64 != i.size {
             return Err(FsError::Io(format!(
                 "{} changed on the server ({} bytes, {} expected)",
@@ -2172,7 +2180,11 @@ impl Fs {
                                         self.copy_large(k, &to, *size, opts).await.map(|_| ())
                                     } else {
                                         self.store
-                                            .copy_object(k, &to, &MetadataDirective::Replace(opts))
+                                            .copy_object(
+                                                Source::key(k),
+                                                &to,
+                                                &MetadataDirective::Replace(opts),
+                                            )
                                             .await
                                             .map(|_| ())
                                             .map_err(FsError::from)
@@ -2182,7 +2194,7 @@ impl Fs {
                             }
                         } else {
                             self.store
-                                .copy_object(k, &to, &MetadataDirective::Copy)
+                                .copy_object(Source::key(k), &to, &MetadataDirective::Copy)
                                 .await
                                 .map(|_| ())
                                 .map_err(FsError::from)
@@ -2348,7 +2360,7 @@ impl Fs {
             tracing::warn!(key = %i.key, size = i.size, "symlink object too large to be a target");
             return Err(FsError::Io("symlink target longer than PATH_MAX".into()));
         }
-        let g = self.store.get_object(&i.key, None).await?;
+        let g = self.store.get_object(Source::key(&i.key), None).await?;
         if let Ok(s) = std::str::from_utf8(&g.body) {
             if let Some(n) = self.table().get_mut(ino) {
                 n.link_target = Some(s.to_string());
@@ -2449,7 +2461,7 @@ impl Fs {
             };
             let etag = self
                 .store
-                .copy_object(&src.key, &dst_key, &directive)
+                .copy_object(Source::key(&src.key), &dst_key, &directive)
                 .await?;
             Ok::<_, FsError>((etag, directive))
         }

@@ -806,6 +806,13 @@ impl Client {
             self.counters
                 .body_bytes_sent
                 .fetch_add(r.body.len() as u64, Ordering::Relaxed);
+            if r.body.is_empty() {
+                // hyper sends no length for an empty body, and HTTP/1.1
+                // lets a server refuse that: Ceph RGW answers 411
+                // MissingContentLength to every bodiless PUT (an empty
+                // file, a directory marker, a copy).
+                req = req.header(reqwest::header::CONTENT_LENGTH, "0");
+            }
             req = req.body(r.body.clone());
         }
         let resp = req.send().await.map_err(|e| self.transport(e))?;
@@ -959,14 +966,15 @@ impl Client {
     }
 
     /// GetObject of `range` (start..end, end exclusive), or of the whole object.
-    pub async fn get_object(
+    /// A pinned source answers 412 PreconditionFailed once replaced.
+    pub async fn get_object<'s>(
         &self,
         bucket: &str,
-        key: &str,
+        src: impl Into<Source<'s>>,
         range: Option<std::ops::Range<u64>>,
         sse: Option<&Sse>,
     ) -> Result<GetResult, S3Error> {
-        let (a, object_size) = self.get(bucket, key, range, sse, false).await?;
+        let (a, object_size) = self.get(bucket, src.into(), range, sse, false).await?;
         Ok(GetResult {
             etag: header_str(&a.headers, "etag").unwrap_or_default(),
             object_size,
@@ -983,7 +991,9 @@ impl Client {
         range: std::ops::Range<u64>,
         sse: Option<&Sse>,
     ) -> Result<Frames, S3Error> {
-        let (a, object_size) = self.get(bucket, key, Some(range), sse, true).await?;
+        let (a, object_size) = self
+            .get(bucket, Source::key(key), Some(range), sse, true)
+            .await?;
         Ok(Frames {
             etag: header_str(&a.headers, "etag").unwrap_or_default(),
             pieces: a.frames,
@@ -996,13 +1006,16 @@ impl Client {
     async fn get(
         &self,
         bucket: &str,
-        key: &str,
+        src: Source<'_>,
         range: Option<std::ops::Range<u64>>,
         sse: Option<&Sse>,
         frames: bool,
     ) -> Result<(Answer, u64), S3Error> {
-        let mut r = Request::new(Op::GetObject, Method::GET, bucket, Some(key));
+        let mut r = Request::new(Op::GetObject, Method::GET, bucket, Some(src.key));
         r.frames = frames;
+        if let Some(etag) = src.if_match {
+            r = r.header("if-match", quote_etag(etag));
+        }
         if let Some(range) = &range {
             if range.end <= range.start {
                 return Err(S3Error::Config(format!("empty range {range:?}")));
@@ -1035,14 +1048,9 @@ impl Client {
         Ok((a, object_size))
     }
 
-    /// HeadObject with user metadata (`x-amz-meta-*`).
-    pub async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectHead, S3Error> {
-        self.head_object_with(bucket, key, None).await
-    }
-
-    /// HeadObject of an object that may be encrypted with a customer key
-    /// (SSE-C needs the key to answer).
-    pub async fn head_object_with(
+    /// HeadObject with user metadata (`x-amz-meta-*`); `sse` is the
+    /// customer key an SSE-C object needs to answer.
+    pub async fn head_object(
         &self,
         bucket: &str,
         key: &str,
@@ -1094,46 +1102,25 @@ impl Client {
         self.send(&r).await.map(|_| ())
     }
 
-    /// CopyObject (up to 5 GiB on S3), keeping or replacing metadata.
-    pub async fn copy_object(
+    /// CopyObject (up to 5 GiB on S3), keeping or replacing metadata
+    /// (`o.directive`); a pinned source must still have its ETag.
+    pub async fn copy_object<'s>(
         &self,
         src_bucket: &str,
-        src_key: &str,
+        src: impl Into<Source<'s>>,
         bucket: &str,
         key: &str,
-        directive: &MetadataDirective,
+        o: &CopyOptions<'_>,
     ) -> Result<String, S3Error> {
-        let sse = match directive {
-            MetadataDirective::Replace(o) => o.sse.as_ref(),
-            MetadataDirective::Copy => None,
-        };
-        self.copy_object_with(src_bucket, src_key, bucket, key, directive, sse, None)
-            .await
-    }
-
-    /// CopyObject where source and copy are encrypted with `sse` (SSE-C
-    /// sends the key for both; SSE-S3/KMS ask for the copy to be encrypted).
-    /// With the COPY directive, `copy_extras` adds its storage class, ACL and
-    /// extra headers (a copy would otherwise get the server's defaults).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn copy_object_with(
-        &self,
-        src_bucket: &str,
-        src_key: &str,
-        bucket: &str,
-        key: &str,
-        directive: &MetadataDirective,
-        sse: Option<&Sse>,
-        copy_extras: Option<&PutOptions>,
-    ) -> Result<String, S3Error> {
+        let (src, sse) = (src.into(), o.sse);
         let mut r = Request::new(Op::CopyObject, Method::PUT, bucket, Some(key))
-            .header("x-amz-copy-source", copy_source(src_bucket, src_key));
-        r = sse_headers(r, sse, true);
-        r = match directive {
+            .header("x-amz-copy-source", copy_source(src_bucket, src.key));
+        r = source_conditions(sse_headers(r, sse, true), &src);
+        r = match o.directive {
             MetadataDirective::Copy => {
                 let mut r = r.header("x-amz-metadata-directive", "COPY");
-                if let Some(o) = copy_extras {
-                    r = placement_headers(r, o);
+                if let Some(extras) = o.extras {
+                    r = placement_headers(r, extras);
                 }
                 sse_headers(r, sse, false)
             }
@@ -1233,76 +1220,51 @@ impl Client {
     }
 
     /// UploadPart with Content-MD5; checks the part ETag is that MD5.
-    #[allow(clippy::too_many_arguments)]
     pub async fn upload_part(
         &self,
         bucket: &str,
         key: &str,
-        upload_id: &str,
-        part_number: u32,
-        body: Bytes,
-        md5: Option<[u8; 16]>,
-        sse: Option<&Sse>,
+        part: PartUpload<'_>,
     ) -> Result<String, S3Error> {
+        let PartUpload {
+            upload_id,
+            number,
+            body,
+            md5,
+            sse,
+        } = part;
         let md5 = md5.unwrap_or_else(|| md5_of(&body));
         let r = Request::new(Op::UploadPart, Method::PUT, bucket, Some(key))
-            .query("partNumber", part_number.to_string())
+            .query("partNumber", number.to_string())
             .query("uploadId", upload_id)
             .body(body, Some(md5));
         let r = sse_headers(r, sse.filter(|s| matches!(s, Sse::Customer { .. })), false);
         let a = self.send(&r).await?;
         checked_etag(
-            || format!("UploadPart {key:?} part {part_number}"),
+            || format!("UploadPart {key:?} part {number}"),
             &a.headers,
             &md5,
             sse,
         )
     }
 
-    /// UploadPartCopy of `range` (start..end, end exclusive) or the whole source.
-    #[allow(clippy::too_many_arguments)]
+    /// UploadPartCopy of a range of the source (or all of it); a pinned
+    /// source must still have its ETag. Answers the part's ETag, quoted.
     pub async fn upload_part_copy(
         &self,
         bucket: &str,
         key: &str,
-        upload_id: &str,
-        part_number: u32,
-        src_bucket: &str,
-        src_key: &str,
-        range: Option<std::ops::Range<u64>>,
+        part: PartCopy<'_>,
     ) -> Result<String, S3Error> {
-        self.upload_part_copy_with(
-            bucket,
-            key,
-            upload_id,
-            part_number,
-            src_bucket,
-            src_key,
-            range,
-            None,
-        )
-        .await
-    }
-
-    /// UploadPartCopy where source and upload are encrypted with a customer key.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn upload_part_copy_with(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        part_number: u32,
-        src_bucket: &str,
-        src_key: &str,
-        range: Option<std::ops::Range<u64>>,
-        sse: Option<&Sse>,
-    ) -> Result<String, S3Error> {
-        let customer = sse.filter(|s| matches!(s, Sse::Customer { .. }));
+        let customer = part.sse.filter(|s| matches!(s, Sse::Customer { .. }));
         let mut r = Request::new(Op::UploadPartCopy, Method::PUT, bucket, Some(key))
-            .query("partNumber", part_number.to_string())
-            .query("uploadId", upload_id)
-            .header("x-amz-copy-source", copy_source(src_bucket, src_key));
-        if let Some(range) = range {
+            .query("partNumber", part.number.to_string())
+            .query("uploadId", part.upload_id)
+            .header(
+                "x-amz-copy-source",
+                copy_source(part.src_bucket, part.src.key),
+            );
+        if let Some(range) = part.range {
             if range.end <= range.start {
                 return Err(S3Error::Config(format!("empty copy range {range:?}")));
             }
@@ -1311,11 +1273,12 @@ impl Client {
                 format!("bytes={}-{}", range.start, range.end - 1),
             );
         }
+        r = source_conditions(r, &part.src);
         r = sse_headers(sse_headers(r, customer, true), customer, false);
         r.error_in_200 = true;
         r.timeout = Deadline::Fixed(SERVER_WORK_TIMEOUT);
         let a = self.send(&r).await?;
-        xml::parse_etag_result("UploadPartCopy", "CopyPartResult", &a.body)
+        xml::parse_etag_result("UploadPartCopy", "CopyPartResult", &a.body).map(|e| quote_etag(&e))
     }
 
     /// CompleteMultipartUpload; parts are sorted by number first. A 200 that
@@ -1459,6 +1422,21 @@ impl Client {
         }
         Err(S3Error::malformed("ListMultipartUploads", "too many pages"))
     }
+}
+
+/// A pinned copy source: `x-amz-copy-source-if-match`.
+fn source_conditions<'a>(r: Request<'a>, src: &Source<'_>) -> Request<'a> {
+    match src.if_match {
+        Some(etag) => r.header("x-amz-copy-source-if-match", quote_etag(etag)),
+        None => r,
+    }
+}
+
+/// An ETag as S3 quotes it: some servers (Ceph RGW) answer copies with a
+/// bare one, which a later Complete or comparison would not match.
+pub fn quote_etag(etag: &str) -> String {
+    let bare = etag.trim().trim_matches('"');
+    format!("\"{bare}\"")
 }
 
 /// The `x-amz-copy-source` value: `/bucket/key`, key URL-encoded.

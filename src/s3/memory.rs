@@ -347,6 +347,18 @@ fn check_key(key: &str) -> Result<(), S3Error> {
     Ok(())
 }
 
+/// A pinned source whose ETag changed: 412, as S3 answers.
+fn check_if_match(o: &StoredObject, src: &Source<'_>, header: &str) -> Result<(), S3Error> {
+    match src.if_match {
+        Some(want) if bare_etag(want) != bare_etag(&o.etag) => Err(service(
+            412,
+            "PreconditionFailed",
+            format!("At least one of the pre-conditions you specified did not hold ({header})"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn check_part_number(n: u32) -> Result<(), S3Error> {
     if (1..=MAX_PART_NUMBER).contains(&n) {
         Ok(())
@@ -781,15 +793,16 @@ impl MemoryStore {
         key: &str,
         upload_id: &str,
         part_number: u32,
-        src_key: &str,
+        from: Source<'_>,
         range: Range<u64>,
     ) -> Result<String, S3Error> {
         check_key(key)?;
-        check_key(src_key)?;
+        check_key(from.key)?;
         check_part_number(part_number)?;
         let mut d = lock(&self.data);
         Self::upload_mut(&mut d, key, upload_id)?;
-        let src = d.objects.get(src_key).ok_or_else(no_such_key)?;
+        let src = d.objects.get(from.key).ok_or_else(no_such_key)?;
+        check_if_match(src, &from, "x-amz-copy-source-if-match")?;
         let src_size = src.body.len() as u64;
         if range.start >= range.end {
             return Err(service(
@@ -952,10 +965,11 @@ impl MemoryStore {
             .collect()
     }
 
-    fn do_get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, S3Error> {
-        check_key(key)?;
+    fn do_get(&self, src: Source<'_>, range: Option<Range<u64>>) -> Result<GetResult, S3Error> {
+        check_key(src.key)?;
         let d = lock(&self.data);
-        let o = d.objects.get(key).ok_or_else(no_such_key)?;
+        let o = d.objects.get(src.key).ok_or_else(no_such_key)?;
+        check_if_match(o, &src, "If-Match")?;
         let size = o.body.len() as u64;
         let body = match range {
             None => o.body.clone(),
@@ -1096,10 +1110,11 @@ impl MemoryStore {
 
     fn do_copy(
         &self,
-        src_key: &str,
+        from: Source<'_>,
         key: &str,
         directive: &MetadataDirective,
     ) -> Result<String, S3Error> {
+        let src_key = from.key;
         check_key(src_key)?;
         check_key(key)?;
         let replace = match directive {
@@ -1108,6 +1123,7 @@ impl MemoryStore {
         };
         let mut d = lock(&self.data);
         let src = d.objects.get(src_key).ok_or_else(no_such_key)?;
+        check_if_match(src, &from, "x-amz-copy-source-if-match")?;
         let size = src.body.len() as u64;
         if size > self.limits.max_copy_size {
             return Err(service(
@@ -1190,11 +1206,11 @@ impl ObjectStore for MemoryStore {
         key: &'a str,
         upload_id: &'a str,
         part_number: u32,
-        src_key: &'a str,
+        src: Source<'a>,
         range: Range<u64>,
     ) -> StoreFuture<'a, String> {
         self.call(Op::UploadPartCopy, 0, move |s| {
-            s.do_upload_part_copy(key, upload_id, part_number, src_key, range)
+            s.do_upload_part_copy(key, upload_id, part_number, src, range)
         })
     }
 
@@ -1235,17 +1251,17 @@ impl ObjectStore for MemoryStore {
 
     fn get_object<'a>(
         &'a self,
-        key: &'a str,
+        src: Source<'a>,
         range: Option<Range<u64>>,
     ) -> StoreFuture<'a, GetResult> {
-        self.call(Op::GetObject, 0, move |s| s.do_get(key, range))
+        self.call(Op::GetObject, 0, move |s| s.do_get(src, range))
     }
 
     /// Cuts the body into pieces of uneven sizes (as a network delivers
     /// it), so readers meet reads that straddle pieces.
     fn get_object_frames<'a>(&'a self, key: &'a str, range: Range<u64>) -> StoreFuture<'a, Frames> {
         self.call(Op::GetObject, 0, move |s| {
-            let got = s.do_get(key, Some(range))?;
+            let got = s.do_get(Source::key(key), Some(range))?;
             let body = got.body;
             let mut frames = Vec::new();
             let mut at = 0;
@@ -1287,13 +1303,11 @@ impl ObjectStore for MemoryStore {
 
     fn copy_object<'a>(
         &'a self,
-        src_key: &'a str,
+        src: Source<'a>,
         key: &'a str,
         directive: &'a MetadataDirective,
     ) -> StoreFuture<'a, String> {
-        self.call(Op::CopyObject, 0, move |s| {
-            s.do_copy(src_key, key, directive)
-        })
+        self.call(Op::CopyObject, 0, move |s| s.do_copy(src, key, directive))
     }
 }
 
@@ -1348,30 +1362,39 @@ mod tests {
         assert_eq!(h.metadata.get("mode").map(String::as_str), Some("644"));
         assert_eq!(s.object("dir/a.txt").unwrap().metadata, h.metadata);
 
-        let g = s.get_object("dir/a.txt", None).await.unwrap();
+        let g = s.get_object(Source::key("dir/a.txt"), None).await.unwrap();
         assert_eq!(
             (g.body.clone(), g.object_size, g.etag),
             (b.clone(), 11, etag)
         );
-        let g = s.get_object("dir/a.txt", Some(0..1)).await.unwrap();
+        let g = s
+            .get_object(Source::key("dir/a.txt"), Some(0..1))
+            .await
+            .unwrap();
         assert_eq!((&g.body[..], g.object_size), (&b"h"[..], 11));
-        let g = s.get_object("dir/a.txt", Some(10..11)).await.unwrap();
+        let g = s
+            .get_object(Source::key("dir/a.txt"), Some(10..11))
+            .await
+            .unwrap();
         assert_eq!(&g.body[..], b"d");
-        let g = s.get_object("dir/a.txt", Some(6..1000)).await.unwrap();
+        let g = s
+            .get_object(Source::key("dir/a.txt"), Some(6..1000))
+            .await
+            .unwrap();
         assert_eq!((&g.body[..], g.object_size), (&b"world"[..], 11));
         assert_eq!(
-            code(s.get_object("dir/a.txt", Some(11..12)).await),
+            code(s.get_object(Source::key("dir/a.txt"), Some(11..12)).await),
             ("InvalidRange".into(), 416)
         );
         assert_eq!(
             code(
-                s.get_object("dir/a.txt", Some(u64::MAX - 1..u64::MAX))
+                s.get_object(Source::key("dir/a.txt"), Some(u64::MAX - 1..u64::MAX))
                     .await
             ),
             ("InvalidRange".into(), 416)
         );
         assert_eq!(
-            code(s.get_object("nope", None).await),
+            code(s.get_object(Source::key("nope"), None).await),
             ("NoSuchKey".into(), 404)
         );
         assert_eq!(code(s.head_object("nope").await), ("NotFound".into(), 404));
@@ -1407,7 +1430,7 @@ mod tests {
             Err(S3Error::InvalidKey { .. })
         ));
         assert!(matches!(
-            s.get_object("a/../b", None).await,
+            s.get_object(Source::key("a/../b"), None).await,
             Err(S3Error::InvalidKey { .. })
         ));
         let long = "x".repeat(MAX_KEY_LEN + 1);
@@ -1756,17 +1779,17 @@ mod tests {
             .await
             .unwrap();
         let r = s
-            .copy_object("large", "dst", &MetadataDirective::Copy)
+            .copy_object(Source::key("large"), "dst", &MetadataDirective::Copy)
             .await;
         assert_eq!(code(r), ("InvalidRequest".into(), 400));
         assert!(s.object("dst").is_none());
         let r = s
-            .copy_object("missing", "dst", &MetadataDirective::Copy)
+            .copy_object(Source::key("missing"), "dst", &MetadataDirective::Copy)
             .await;
         assert_eq!(code(r), ("NoSuchKey".into(), 404));
 
         let e = s
-            .copy_object("small", "copy", &MetadataDirective::Copy)
+            .copy_object(Source::key("small"), "copy", &MetadataDirective::Copy)
             .await
             .unwrap();
         assert_eq!(e, small);
@@ -1777,7 +1800,11 @@ mod tests {
         let mut r = opts();
         r.metadata.insert("b".into(), "2".into());
         let e = s
-            .copy_object("small", "repl", &MetadataDirective::Replace(r.clone()))
+            .copy_object(
+                Source::key("small"),
+                "repl",
+                &MetadataDirective::Replace(r.clone()),
+            )
             .await
             .unwrap();
         assert_eq!(e, small);
@@ -1789,12 +1816,16 @@ mod tests {
 
         // Copying onto itself needs REPLACE, as on S3.
         let r2 = s
-            .copy_object("small", "small", &MetadataDirective::Copy)
+            .copy_object(Source::key("small"), "small", &MetadataDirective::Copy)
             .await;
         assert_eq!(code(r2), ("InvalidRequest".into(), 400));
-        s.copy_object("small", "small", &MetadataDirective::Replace(r))
-            .await
-            .unwrap();
+        s.copy_object(
+            Source::key("small"),
+            "small",
+            &MetadataDirective::Replace(r),
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
@@ -1802,24 +1833,34 @@ mod tests {
         let s = MemoryStore::with_limits(2, 1);
         s.insert_object("src", Bytes::from_static(b"abcdef"), &opts());
         let id = s.create_multipart_upload("dst", &opts()).await.unwrap();
-        let r = s.upload_part_copy("dst", &id, 1, "nope", 0..1).await;
+        let r = s
+            .upload_part_copy("dst", &id, 1, Source::key("nope"), 0..1)
+            .await;
         assert_eq!(code(r), ("NoSuchKey".into(), 404));
-        let r = s.upload_part_copy("dst", &id, 1, "src", 2..7).await;
+        let r = s
+            .upload_part_copy("dst", &id, 1, Source::key("src"), 2..7)
+            .await;
         assert_eq!(code(r), ("InvalidArgument".into(), 400));
-        let r = s.upload_part_copy("dst", &id, 1, "src", 3..3).await;
+        let r = s
+            .upload_part_copy("dst", &id, 1, Source::key("src"), 3..3)
+            .await;
         assert_eq!(code(r), ("InvalidArgument".into(), 400));
-        let r = s.upload_part_copy("dst", "bogus", 1, "src", 0..1).await;
+        let r = s
+            .upload_part_copy("dst", "bogus", 1, Source::key("src"), 0..1)
+            .await;
         assert_eq!(code(r), ("NoSuchUpload".into(), 404));
-        let r = s.upload_part_copy("dst", &id, 0, "src", 0..1).await;
+        let r = s
+            .upload_part_copy("dst", &id, 0, Source::key("src"), 0..1)
+            .await;
         assert_eq!(code(r), ("InvalidArgument".into(), 400));
         // Part copies are not limited by the CopyObject limit.
         let e1 = s
-            .upload_part_copy("dst", &id, 1, "src", 0..4)
+            .upload_part_copy("dst", &id, 1, Source::key("src"), 0..4)
             .await
             .unwrap();
         assert_eq!(e1, format!("\"{}\"", hex(&md5_of(b"abcd"))));
         let e2 = s
-            .upload_part_copy("dst", &id, 2, "src", 5..6)
+            .upload_part_copy("dst", &id, 2, Source::key("src"), 5..6)
             .await
             .unwrap();
         s.complete_multipart_upload("dst", &id, &[(1, e1), (2, e2)])
@@ -1867,12 +1908,12 @@ mod tests {
         s.fail_all(Op::GetObject, "ServiceUnavailable");
         for _ in 0..3 {
             assert_eq!(
-                code(s.get_object("one", None).await),
+                code(s.get_object(Source::key("one"), None).await),
                 ("ServiceUnavailable".into(), 503)
             );
         }
         s.clear_faults();
-        assert!(s.get_object("one", None).await.is_ok());
+        assert!(s.get_object(Source::key("one"), None).await.is_ok());
         assert_eq!(s.calls(Op::GetObject), 4);
     }
 

@@ -39,13 +39,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Bytes,
         md5: [u8; 16],
     ) -> StoreFuture<'a, String>;
-    /// UploadPartCopy from another key of the bucket.
+    /// UploadPartCopy of a byte range of an object of the bucket.
     fn upload_part_copy<'a>(
         &'a self,
         key: &'a str,
         upload_id: &'a str,
         part_number: u32,
-        src_key: &'a str,
+        src: Source<'a>,
         range: Range<u64>,
     ) -> StoreFuture<'a, String>;
     /// CompleteMultipartUpload; returns the object's ETag.
@@ -69,7 +69,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// GetObject of a byte range (end exclusive) or the whole object.
     fn get_object<'a>(
         &'a self,
-        key: &'a str,
+        src: Source<'a>,
         range: Option<Range<u64>>,
     ) -> StoreFuture<'a, GetResult>;
     /// GetObject of a byte range, its body in the pieces it arrived in:
@@ -77,7 +77,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// one buffer. By default, one piece.
     fn get_object_frames<'a>(&'a self, key: &'a str, range: Range<u64>) -> StoreFuture<'a, Frames> {
         Box::pin(async move {
-            let g = self.get_object(key, Some(range)).await?;
+            let g = self.get_object(Source::key(key), Some(range)).await?;
             Ok(Frames {
                 pieces: vec![g.body],
                 etag: g.etag,
@@ -100,7 +100,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// CopyObject within the bucket.
     fn copy_object<'a>(
         &'a self,
-        src_key: &'a str,
+        src: Source<'a>,
         key: &'a str,
         directive: &'a MetadataDirective,
     ) -> StoreFuture<'a, String>;
@@ -203,11 +203,13 @@ impl ObjectStore for BucketClient {
         Box::pin(self.client.upload_part(
             &self.bucket,
             key,
-            upload_id,
-            part_number,
-            body,
-            Some(md5),
-            self.sse.as_ref(),
+            PartUpload {
+                upload_id,
+                number: part_number,
+                body,
+                md5: Some(md5),
+                sse: self.sse.as_ref(),
+            },
         ))
     }
     fn upload_part_copy<'a>(
@@ -215,18 +217,20 @@ impl ObjectStore for BucketClient {
         key: &'a str,
         upload_id: &'a str,
         part_number: u32,
-        src_key: &'a str,
+        src: Source<'a>,
         range: Range<u64>,
     ) -> StoreFuture<'a, String> {
-        Box::pin(self.client.upload_part_copy_with(
+        Box::pin(self.client.upload_part_copy(
             &self.bucket,
             key,
-            upload_id,
-            part_number,
-            &self.bucket,
-            src_key,
-            Some(range),
-            self.customer_key(),
+            PartCopy {
+                upload_id,
+                number: part_number,
+                src_bucket: &self.bucket,
+                src,
+                range: Some(range),
+                sse: self.customer_key(),
+            },
         ))
     }
     fn complete_multipart_upload<'a>(
@@ -262,12 +266,12 @@ impl ObjectStore for BucketClient {
     }
     fn get_object<'a>(
         &'a self,
-        key: &'a str,
+        src: Source<'a>,
         range: Option<Range<u64>>,
     ) -> StoreFuture<'a, GetResult> {
         Box::pin(
             self.client
-                .get_object(&self.bucket, key, range, self.sse.as_ref()),
+                .get_object(&self.bucket, src, range, self.sse.as_ref()),
         )
     }
     fn get_object_frames<'a>(&'a self, key: &'a str, range: Range<u64>) -> StoreFuture<'a, Frames> {
@@ -279,7 +283,7 @@ impl ObjectStore for BucketClient {
     fn head_object<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectHead> {
         Box::pin(
             self.client
-                .head_object_with(&self.bucket, key, self.customer_key()),
+                .head_object(&self.bucket, key, self.customer_key()),
         )
     }
     fn list_objects_page<'a>(
@@ -299,7 +303,7 @@ impl ObjectStore for BucketClient {
     }
     fn copy_object<'a>(
         &'a self,
-        src_key: &'a str,
+        src: Source<'a>,
         key: &'a str,
         directive: &'a MetadataDirective,
     ) -> StoreFuture<'a, String> {
@@ -308,16 +312,13 @@ impl ObjectStore for BucketClient {
                 MetadataDirective::Replace(o) => MetadataDirective::Replace(self.with_defaults(o)),
                 MetadataDirective::Copy => MetadataDirective::Copy,
             };
+            let o = CopyOptions {
+                directive: &directive,
+                sse: self.sse.as_ref(),
+                extras: Some(&self.defaults),
+            };
             self.client
-                .copy_object_with(
-                    &self.bucket,
-                    src_key,
-                    &self.bucket,
-                    key,
-                    &directive,
-                    self.sse.as_ref(),
-                    Some(&self.defaults),
-                )
+                .copy_object(&self.bucket, src, &self.bucket, key, &o)
                 .await
         })
     }

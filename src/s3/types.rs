@@ -160,3 +160,86 @@ pub enum MetadataDirective {
     /// Replace it with these options (`REPLACE`).
     Replace(PutOptions),
 }
+
+/// The object a read or a copy takes its bytes from: a key of the bucket,
+/// optionally pinned to one version by its ETag (GET's `If-Match`, a
+/// copy's `x-amz-copy-source-if-match`). A pinned source that another
+/// client replaced fails with 412 PreconditionFailed instead of mixing two
+/// versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source<'a> {
+    pub key: &'a str,
+    pub if_match: Option<&'a str>,
+}
+
+impl<'a> Source<'a> {
+    /// Whatever version is at `key`.
+    pub fn key(key: &'a str) -> Self {
+        Source {
+            key,
+            if_match: None,
+        }
+    }
+
+    /// The version of `key` whose ETag is `etag` (quoted or not).
+    pub fn pinned(key: &'a str, etag: &'a str) -> Self {
+        Source {
+            key,
+            if_match: Some(etag),
+        }
+    }
+}
+
+impl<'a, K: AsRef<str> + ?Sized> From<&'a K> for Source<'a> {
+    fn from(key: &'a K) -> Self {
+        Source::key(key.as_ref())
+    }
+}
+
+/// What a CopyObject does besides copying the bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyOptions<'a> {
+    /// Keep the source's metadata or replace it.
+    pub directive: &'a MetadataDirective,
+    /// Encryption of source and copy (SSE-C sends the key for both;
+    /// SSE-S3/KMS ask for the copy to be encrypted).
+    pub sse: Option<&'a Sse>,
+    /// With [`MetadataDirective::Copy`]: storage class, ACL and extra
+    /// headers for the copy (it would otherwise get the server's defaults).
+    pub extras: Option<&'a PutOptions>,
+}
+
+impl<'a> CopyOptions<'a> {
+    /// A copy with this directive and nothing else.
+    pub fn new(directive: &'a MetadataDirective) -> Self {
+        CopyOptions {
+            directive,
+            sse: None,
+            extras: None,
+        }
+    }
+}
+
+/// One UploadPart.
+#[derive(Debug, Clone)]
+pub struct PartUpload<'a> {
+    pub upload_id: &'a str,
+    pub number: u32,
+    pub body: bytes::Bytes,
+    /// The body's MD5 when the caller already has it.
+    pub md5: Option<[u8; 16]>,
+    pub sse: Option<&'a Sse>,
+}
+
+/// One UploadPartCopy.
+#[derive(Debug, Clone)]
+pub struct PartCopy<'a> {
+    pub upload_id: &'a str,
+    pub number: u32,
+    pub src_bucket: &'a str,
+    pub src: Source<'a>,
+    /// Bytes of the source (end exclusive); the whole source when `None`.
+    pub range: Option<std::ops::Range<u64>>,
+    /// A customer key (SSE-C) for source and upload.
+    pub sse: Option<&'a Sse>,
+}

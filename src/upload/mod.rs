@@ -12,7 +12,7 @@ pub mod journal;
 pub mod md5x;
 pub mod schedule;
 
-use crate::s3::{bare_etag, hex, md5_of, multipart_etag, ObjectStore, PutOptions, S3Error};
+use crate::s3::{bare_etag, hex, md5_of, multipart_etag, ObjectStore, PutOptions, S3Error, Source};
 use budget::{Budget, BudgetError, Grant, Spill};
 use bytes::{Bytes, BytesMut};
 use journal::Journal;
@@ -1031,7 +1031,7 @@ impl Upload {
                 let id = t.upload_id().await?;
                 let etag = t
                     .store
-                    .upload_part_copy(&t.key, &id, number, &t.key, range)
+                    .upload_part_copy(&t.key, &id, number, Source::key(&t.key), range)
                     .await?;
                 // The ETag of a copied part is the MD5 of its bytes (S3):
                 // the check at Complete then covers the server's assembly.
@@ -1050,7 +1050,7 @@ impl Upload {
         let whole = store.head_object(src).await.map(|h| h.size == n);
         if n <= self.cfg.max_copy_object && matches!(whole, Ok(true)) {
             let d = crate::s3::MetadataDirective::Replace(self.target.opts.clone());
-            return match store.copy_object(src, &key, &d).await {
+            return match store.copy_object(Source::key(src), &key, &d).await {
                 Ok(etag) => Ok(Finished {
                     etag,
                     size: n,
@@ -1083,7 +1083,7 @@ impl Upload {
                 );
                 tasks.spawn(async move {
                     let etag = store
-                        .upload_part_copy(&key, &id, number, &src, start..end)
+                        .upload_part_copy(&key, &id, number, Source::key(&src), start..end)
                         .await?;
                     Ok((number, etag))
                 });
