@@ -9,7 +9,7 @@ pub mod inode;
 pub mod meta;
 
 use crate::prefetch::Reader;
-use crate::s3::{MetadataDirective, ObjectStore, PutOptions, Source};
+use crate::s3::{MetadataDirective, ObjectStore, PutOptions, S3Error, Source};
 use crate::upload::{Progress, Upload, UploadConfig};
 pub use error::{FsError, FsResult};
 use inode::{Inode, InodeTable, Kind, StoredMeta, ROOT};
@@ -332,6 +332,17 @@ enum Cached {
 }
 
 /// Checks a name given by a program: UTF-8, and short enough for S3.
+/// A failed store call as the errno it gives, logged with the key it was
+/// for (a missing object is an answer, not a failure: not logged).
+fn failed<'k>(key: &'k str, what: &'static str) -> impl FnOnce(S3Error) -> FsError + 'k {
+    move |e| {
+        if !e.is_not_found() {
+            tracing::warn!(key, error = %e, "{what} failed");
+        }
+        FsError::from(e)
+    }
+}
+
 fn check_name(name: &OsStr) -> FsResult<&str> {
     let name = name.to_str().ok_or(FsError::IllegalName)?;
     if name.len() > MAX_NAME_LEN {
@@ -1199,9 +1210,11 @@ impl Fs {
         }
     }
 
-    /// Writes a directory's pending mode/owner/mtime onto its marker: a
-    /// CopyObject of the marker onto itself, or a new marker for a directory
-    /// that was only a prefix.
+    /// Writes a directory's pending mode/owner/mtime onto its marker: the
+    /// empty `dir/` object is stored again with them (a PutObject, not a
+    /// copy onto itself: SeaweedFS answers such a copy of a marker with
+    /// NoSuchKey, and an empty PUT costs no more), keeping the marker's other
+    /// metadata; a directory that was only a prefix gets a marker.
     async fn persist_dir_attrs(&self, i: &Inode) -> FsResult<String> {
         let existing = match &i.stored {
             Some(m) if i.version.as_ref().is_some_and(|(e, _)| !e.is_empty()) => Some(m.clone()),
@@ -1217,22 +1230,10 @@ impl Fs {
             .unwrap_or_default();
         opts.content_type = opts.content_type.or(Some(DIR_CONTENT_TYPE.into()));
         posix_of(i).apply(&mut opts.metadata, libc::S_IFDIR);
-        let etag = match existing {
-            Some(_) => {
-                self.store
-                    .copy_object(
-                        Source::key(&i.key),
-                        &i.key,
-                        &MetadataDirective::Replace(opts.clone()),
-                    )
-                    .await?
-            }
-            None => {
-                self.store
-                    .put_object(&i.key, bytes::Bytes::new(), None, &opts)
-                    .await?
-            }
-        };
+        let etag = self
+            .store
+            .put_object(&i.key, bytes::Bytes::new(), None, &opts)
+            .await?;
         if let Some(n) = self.table().get_mut(i.ino) {
             n.version = Some((etag.clone(), None));
             n.stored = Some(StoredMeta::of_options(&opts));
@@ -2001,7 +2002,8 @@ impl Fs {
         let etag = self
             .store
             .put_object(&key, bytes::Bytes::new(), None, &opts)
-            .await?;
+            .await
+            .map_err(failed(&key, "mkdir: storing the directory marker"))?;
         let now = SystemTime::now();
         let valid_until = Instant::now() + self.cfg.metadata_ttl;
         let mut t = self.table();
@@ -2038,14 +2040,18 @@ impl Fs {
         let page = self
             .store
             .list_objects_page(&prefix, None, None, Some(2))
-            .await?;
+            .await
+            .map_err(failed(&prefix, "rmdir: listing the directory"))?;
         if page.objects.iter().any(|o| o.key != prefix) {
             return Err(FsError::NotEmpty);
         }
         if page.objects.is_empty() && self.table().child(parent, name).is_none() {
             return Err(FsError::NotFound);
         }
-        self.store.delete_object(&prefix).await?;
+        self.store
+            .delete_object(&prefix)
+            .await
+            .map_err(failed(&prefix, "rmdir: deleting the directory marker"))?;
         self.table().remove_child(parent, name);
         Ok(())
     }
@@ -2072,7 +2078,10 @@ impl Fs {
                 // Not known here: make sure it exists, for a correct ENOENT.
                 self.store.head_object(&key).await?;
             }
-            self.store.delete_object(&key).await?;
+            self.store
+                .delete_object(&key)
+                .await
+                .map_err(failed(&key, "unlink: deleting the object"))?;
         }
         self.table().remove_child(parent, name);
         Ok(())
@@ -2319,10 +2328,7 @@ impl Fs {
             .store
             .put_object(&key, bytes::Bytes::from(body.clone()), None, &opts)
             .await
-            .map_err(|e| {
-                tracing::warn!(key, error = %e, "creating a symlink or special file failed");
-                FsError::from(e)
-            })?;
+            .map_err(failed(&key, "storing a symlink or special file"))?;
         let now = SystemTime::now();
         let valid_until = Instant::now() + self.cfg.metadata_ttl;
         let mut t = self.table();

@@ -290,7 +290,8 @@ impl Target {
                 .complete_multipart_upload(key, upload_id, parts)
                 .await
             {
-                Ok(etag) => return Ok(etag),
+                Ok(etag) if !bare_etag(&etag).is_empty() => return Ok(etag),
+                Ok(_) => return Ok(self.etag_after_complete(expected_etag, size).await),
                 Err(e) => e,
             };
             match self.store.list_parts(key, upload_id).await {
@@ -326,6 +327,30 @@ impl Target {
                 Err(_) => return Err(err),
             }
             tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+        }
+    }
+
+    /// Ceph RGW 16 answers a successful Complete with an empty `<ETag>`:
+    /// the object's ETag is then asked of the object. When the object there
+    /// is not the one this upload made (another writer came in between),
+    /// the empty answer stands, and nothing is judged by it.
+    async fn etag_after_complete(&self, expected_etag: Option<&str>, size: u64) -> String {
+        match self.store.head_object(&self.key).await {
+            Ok(h)
+                if h.size == size
+                    && expected_etag.is_none_or(|x| bare_etag(&h.etag) == bare_etag(x)) =>
+            {
+                tracing::debug!(key = %self.key, etag = %h.etag, "Complete answered no ETag; took it from HEAD");
+                h.etag
+            }
+            Ok(h) => {
+                tracing::warn!(key = %self.key, etag = %h.etag, size = h.size, "Complete answered no ETag, and the object at the key is not this upload's: another writer replaced it");
+                String::new()
+            }
+            Err(e) => {
+                tracing::warn!(key = %self.key, error = %e, "Complete answered no ETag, and HEAD failed");
+                String::new()
+            }
         }
     }
 
