@@ -321,7 +321,7 @@ fn mount(args: MountArgs, s3: &S3Args) -> anyhow::Result<()> {
     } else {
         format!("{prefix}/")
     };
-    if args.part_size < bucketfs::upload::schedule::MIN_PART {
+    if args.part_size < bucketfs::s3::rules::MIN_PART_SIZE {
         anyhow::bail!("--part-size must be at least 5MiB (S3's smallest part)");
     }
     // SAFETY: getuid/getgid cannot fail.

@@ -4,10 +4,11 @@
 
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
+use crate::s3::rules::MIN_PART_SIZE;
 use crate::s3::{BucketClient, Client, ObjectStore, S3Error};
 use crate::upload::budget::Budget;
 use crate::upload::journal::{Journal, JournalError, MountInfo};
-use crate::upload::schedule::{Schedule, MIN_PART};
+use crate::upload::schedule::Schedule;
 use crate::upload::UploadConfig;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -209,7 +210,7 @@ pub fn plan_memory(
 ) -> Result<MemoryPlan, String> {
     let read_budget = memory_limit / READ_SHARE;
     let write_budget = memory_limit - read_budget;
-    let base = part_size.max(MIN_PART);
+    let base = part_size.max(MIN_PART_SIZE);
     if write_budget < 2 * base {
         return Err(format!(
             "--memory-limit {} is too small for --part-size {}: writes get 3/4 of it and need two parts (at least {} bytes of limit)",

@@ -9,6 +9,7 @@ pub mod inode;
 pub mod meta;
 
 use crate::prefetch::Reader;
+use crate::s3::rules::{MAX_KEY_LEN, MIN_PART_SIZE};
 use crate::s3::{MetadataDirective, ObjectStore, PutOptions, S3Error, Source};
 use crate::upload::{Progress, Upload, UploadConfig};
 pub use error::{FsError, FsResult};
@@ -20,8 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-/// S3's limit on key length, in bytes.
-pub const MAX_KEY_LEN: usize = 1024;
 /// The longest file name a listing may show (longer keys are skipped).
 pub const MAX_NAME_LEN: usize = 255;
 /// `st_blksize`: tools size their writes by it.
@@ -1483,7 +1482,7 @@ impl Fs {
         }
         .apply(&mut opts.metadata, libc::S_IFREG);
         let cfg = self.cfg.upload.clone();
-        if i.size >= crate::upload::schedule::MIN_PART {
+        if i.size >= MIN_PART_SIZE {
             return Ok(Upload::new_append(
                 self.store.clone(),
                 i.key.clone(),

@@ -156,26 +156,7 @@ impl S3Error {
 
     /// The error a status-only answer (HEAD) maps to.
     pub(crate) fn from_status(status: u16, request_id: String) -> Self {
-        let (code, message) = match status {
-            301 => (
-                "PermanentRedirect",
-                "the bucket is in another region or endpoint",
-            ),
-            400 => ("BadRequest", "bad request"),
-            403 => (
-                "AccessDenied",
-                "access denied (wrong credentials or no permission)",
-            ),
-            404 => ("NotFound", "not found"),
-            405 => ("MethodNotAllowed", "method not allowed"),
-            409 => ("Conflict", "conflict"),
-            412 => ("PreconditionFailed", "precondition failed"),
-            416 => ("InvalidRange", "the requested range is not satisfiable"),
-            429 => ("SlowDown", "too many requests"),
-            500 => ("InternalError", "internal server error"),
-            503 => ("ServiceUnavailable", "service unavailable"),
-            _ => ("UnknownError", "unexpected HTTP status"),
-        };
+        let (code, message) = super::rules::code_for_status(status);
         S3Error::Service {
             status,
             code: code.to_string(),

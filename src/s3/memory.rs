@@ -16,14 +16,18 @@
 //!
 //! Keys the real [`Client`](super::Client) refuses to send (empty, or with a
 //! `.`/`..` path segment) are refused here with the same
-//! [`S3Error::InvalidKey`], so a test cannot pass with a key production could
-//! not use. Server-side encryption, ACLs and extra headers in [`PutOptions`]
-//! are accepted and ignored: every ETag here is the MD5 form.
+//! [`S3Error::InvalidKey`] ([`rules::check_key`]), so a test cannot pass with
+//! a key production could not use. Server-side encryption, ACLs and extra
+//! headers in [`PutOptions`] are accepted and ignored: every ETag here is the
+//! MD5 form.
 
 #![warn(missing_docs)]
 
 use super::error::S3Error;
 use super::http::{bare_etag, hex, md5_of, multipart_etag, Op};
+use super::rules::{
+    self, MAX_KEYS, MAX_METADATA_SIZE, MAX_OBJECT_SIZE, MAX_PARTS, MAX_SINGLE_SIZE, MIN_PART_SIZE,
+};
 use super::store::{ObjectStore, StoreFuture};
 use super::types::*;
 use bytes::{Bytes, BytesMut};
@@ -33,21 +37,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-/// S3's smallest part except the last (5 MiB): the default of [`Limits::min_part_size`].
-pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-/// S3's largest single PUT, part and CopyObject source (5 GiB): the default
-/// of [`Limits::max_body_size`] and [`Limits::max_copy_size`].
-pub const MAX_SINGLE_SIZE: u64 = 5 * 1024 * 1024 * 1024;
-/// S3's largest object (5 TiB): the default of [`Limits::max_object_size`].
-pub const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024 * 1024;
-/// S3's highest part number (part numbers are 1..=10000).
-pub const MAX_PART_NUMBER: u32 = 10_000;
-/// S3's longest key, in UTF-8 bytes.
-pub const MAX_KEY_LEN: usize = 1024;
-/// S3's user-metadata budget: the UTF-8 bytes of all names and values together.
-pub const MAX_METADATA_SIZE: usize = 2 * 1024;
-/// ListObjectsV2's page size when `max-keys` is not given, and its ceiling.
-pub const DEFAULT_MAX_KEYS: u32 = 1000;
 /// The Content-Type S3 gives an object stored without one.
 pub const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
 
@@ -72,8 +61,9 @@ const OPS: usize = Op::Bucket as usize + 1;
 /// Source of request ids, so every error of every store is distinguishable in logs.
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
 
-/// The size rules a [`MemoryStore`] enforces. The defaults are S3's; tests
-/// shrink them because multi-gigabyte bodies do not fit in a unit test.
+/// The size rules a [`MemoryStore`] enforces. The defaults are S3's
+/// ([`rules`]); tests shrink them because multi-gigabyte bodies do not fit in
+/// a unit test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Smallest part allowed except the last, checked at CompleteMultipartUpload
@@ -253,27 +243,6 @@ fn set_delay(delays: &mut HashMap<usize, Duration>, op: Op, d: Duration) {
 /// request was sent (a transport error whose outcome is unknown).
 pub const CONNECTION_RESET: &str = "ConnectionReset";
 
-/// The HTTP status S3 answers with an error code, so an injected fault is
-/// classified (retryable or not) exactly as the real answer would be.
-/// Unknown codes get 400.
-pub fn status_for_code(code: &str) -> u16 {
-    match code {
-        "InternalError" => 500,
-        "ServiceUnavailable" | "SlowDown" | "Throttling" => 503,
-        "NoSuchKey" | "NoSuchUpload" | "NoSuchBucket" | "NotFound" => 404,
-        "AccessDenied"
-        | "SignatureDoesNotMatch"
-        | "InvalidAccessKeyId"
-        | "RequestTimeTooSkewed" => 403,
-        "MethodNotAllowed" => 405,
-        "OperationAborted" | "Conflict" => 409,
-        "PreconditionFailed" => 412,
-        "InvalidRange" => 416,
-        "NotImplemented" => 501,
-        _ => 400,
-    }
-}
-
 /// Locks, ignoring poisoning: a panicking test thread must not make every
 /// later call panic too.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -323,28 +292,18 @@ fn quoted(etag: &str) -> String {
     format!("\"{etag}\"")
 }
 
-/// Refuses keys the real client refuses (same error), and keys S3 refuses.
+/// Refuses the keys [`rules::check_key`] refuses, S3's errors with a
+/// request id as this store gives every error.
 fn check_key(key: &str) -> Result<(), S3Error> {
-    if key.is_empty() {
-        return Err(S3Error::InvalidKey {
-            key: String::new(),
-            reason: "empty key",
-        });
-    }
-    if key.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(S3Error::InvalidKey {
-            key: key.to_string(),
-            reason: "a '.' or '..' path segment would be rewritten by URL normalization and address another key",
-        });
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(service(
-            400,
-            "KeyTooLongError",
-            format!("Your key is too long ({} > {MAX_KEY_LEN} bytes)", key.len()),
-        ));
-    }
-    Ok(())
+    rules::check_key(key).map_err(|e| match e {
+        S3Error::Service {
+            status,
+            code,
+            message,
+            ..
+        } => service(status, &code, message),
+        other => other,
+    })
 }
 
 /// A pinned source whose ETag changed: 412, as S3 answers.
@@ -360,13 +319,15 @@ fn check_if_match(o: &StoredObject, src: &Source<'_>, header: &str) -> Result<()
 }
 
 fn check_part_number(n: u32) -> Result<(), S3Error> {
-    if (1..=MAX_PART_NUMBER).contains(&n) {
+    if (1..=MAX_PARTS).contains(&n) {
         Ok(())
     } else {
         Err(service(
             400,
             "InvalidArgument",
-            format!("Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive (got {n})"),
+            format!(
+                "Part number must be an integer between 1 and {MAX_PARTS}, inclusive (got {n})"
+            ),
         ))
     }
 }
@@ -512,7 +473,7 @@ impl MemoryStore {
     /// Makes the `n`-th call (1-based, counted since the store was created,
     /// failed calls included, numbered when the method is called rather than
     /// when its future is first polled) of `op` fail with `code` before it has any
-    /// effect. The status is S3's for that code ([`status_for_code`]), so the
+    /// effect. The status is S3's for that code ([`rules::status_for_code`]), so the
     /// error is retryable exactly when S3's would be.
     pub fn fail_nth(&self, op: Op, n: u64, code: &str) {
         lock(&self.faults)
@@ -676,7 +637,7 @@ impl MemoryStore {
                         })
                     } else {
                         Err(service(
-                            status_for_code(&code),
+                            rules::status_for_code(&code),
                             &code,
                             format!("injected fault: call {n} of {op:?}"),
                         ))
@@ -1031,7 +992,7 @@ impl MemoryStore {
                 )
             })?),
         };
-        let max = max_keys.unwrap_or(DEFAULT_MAX_KEYS).min(DEFAULT_MAX_KEYS) as usize;
+        let max = max_keys.unwrap_or(MAX_KEYS).min(MAX_KEYS) as usize;
         let mut page = ListPage::default();
         if max == 0 {
             return Ok(page);
@@ -1433,7 +1394,7 @@ mod tests {
             s.get_object(Source::key("a/../b"), None).await,
             Err(S3Error::InvalidKey { .. })
         ));
-        let long = "x".repeat(MAX_KEY_LEN + 1);
+        let long = "x".repeat(rules::MAX_KEY_LEN + 1);
         assert_eq!(
             code(s.put_object(&long, b.clone(), None, &opts()).await),
             ("KeyTooLongError".into(), 400)
@@ -1606,11 +1567,11 @@ mod tests {
         let s = MemoryStore::new();
         let id = s.create_multipart_upload("k", &opts()).await.unwrap();
         let b = body(4, 0);
-        for n in [0, MAX_PART_NUMBER + 1] {
+        for n in [0, MAX_PARTS + 1] {
             let r = s.upload_part("k", &id, n, b.clone(), md5_of(&b)).await;
             assert_eq!(code(r), ("InvalidArgument".into(), 400), "part {n}");
         }
-        part(&s, "k", &id, MAX_PART_NUMBER, &b).await;
+        part(&s, "k", &id, MAX_PARTS, &b).await;
         let r = s.upload_part("k", &id, 1, Bytes::new(), md5_of(b"")).await;
         assert_eq!(code(r), ("InvalidArgument".into(), 400));
         let r = s.upload_part("k", &id, 1, b.clone(), md5_of(b"x")).await;
@@ -1621,7 +1582,7 @@ mod tests {
         assert_eq!(code(r), ("NoSuchUpload".into(), 404));
         let parts = s.list_parts("k", &id).await.unwrap();
         assert_eq!(parts.len(), 1);
-        assert_eq!(parts[0].part_number, MAX_PART_NUMBER);
+        assert_eq!(parts[0].part_number, MAX_PARTS);
 
         let tiny = MemoryStore::with_config(Limits {
             max_body_size: 3,
@@ -1976,7 +1937,7 @@ mod tests {
     }
 
     #[test]
-    fn tokens_round_trip_and_codes_map() {
+    fn tokens_round_trip() {
         for r in [Resume::Key("a/é\u{0}".into()), Resume::Prefix("p/".into())] {
             let t = encode_token(&r);
             match (r, decode_token(&t)) {
@@ -1991,9 +1952,5 @@ mod tests {
         for t in ["", "kf", "x00", "k0g", "\u{e9}00", "kff"] {
             assert!(decode_token(t).is_none(), "{t:?}");
         }
-        assert_eq!(status_for_code("InternalError"), 500);
-        assert_eq!(status_for_code("SlowDown"), 503);
-        assert_eq!(status_for_code("ServiceUnavailable"), 503);
-        assert_eq!(status_for_code("BadDigest"), 400);
     }
 }

@@ -4,12 +4,15 @@
 //! - [`xml`]: the XML bodies.
 //! - [`http`]: the client and its operations, retries and error mapping.
 //! - [`pace`]: how long parts take, for sending a slow one again.
+//! - [`rules`]: S3's limits, key check and error-code table, shared by the
+//!   client and [`memory`].
 
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod memory;
 pub mod pace;
+pub mod rules;
 pub mod sigv4;
 pub mod store;
 pub mod types;

@@ -12,6 +12,7 @@ pub mod journal;
 pub mod md5x;
 pub mod schedule;
 
+use crate::s3::rules::{MAX_PARTS, MAX_SINGLE_SIZE};
 use crate::s3::{bare_etag, hex, md5_of, multipart_etag, ObjectStore, PutOptions, S3Error, Source};
 use budget::{Budget, BudgetError, Grant, Spill};
 use bytes::{Bytes, BytesMut};
@@ -55,7 +56,7 @@ pub struct UploadConfig {
     /// Where multipart uploads are written down before they start, so a
     /// crash leaves nothing the next mount cannot abort.
     pub journal: Option<Arc<Journal>>,
-    /// Largest object one CopyObject copies ([`MAX_COPY_OBJECT`], S3's
+    /// Largest object one CopyObject copies ([`MAX_SINGLE_SIZE`], S3's
     /// limit); larger ones are copied by UploadPartCopy ranges. Tests lower
     /// it to exercise that path without 5 GiB objects.
     pub max_copy_object: u64,
@@ -71,7 +72,7 @@ impl UploadConfig {
             budget: Budget::new(u64::MAX),
             memory_wait: MEMORY_WAIT,
             journal: None,
-            max_copy_object: MAX_COPY_OBJECT,
+            max_copy_object: MAX_SINGLE_SIZE,
         }
     }
 }
@@ -489,8 +490,6 @@ pub struct Upload {
 /// aborts the upload an unknown outcome may have made.
 const CREATE_ATTEMPTS: u32 = 3;
 
-/// Largest CopyObject (S3's limit); larger copies are multipart.
-pub const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
 /// Smallest part of a multipart server-side copy.
 const COPY_PART: u64 = 512 * 1024 * 1024;
 
@@ -539,11 +538,8 @@ impl Upload {
     ) -> Self {
         let mut u = Upload::new(store, key, opts, cfg);
         u.base = existing;
-        u.prefix_parts = existing.div_ceil(MAX_COPY_OBJECT).max(1) as u32;
-        u.max_size = existing
-            + u.cfg
-                .schedule
-                .part_start(schedule::MAX_PARTS + 1 - u.prefix_parts);
+        u.prefix_parts = existing.div_ceil(MAX_SINGLE_SIZE).max(1) as u32;
+        u.max_size = existing + u.cfg.schedule.part_start(MAX_PARTS + 1 - u.prefix_parts);
         u
     }
 
@@ -595,7 +591,7 @@ impl Upload {
         if !(pristine && dst_off == 0 || continues) {
             return false;
         }
-        if dst_off + len > self.max_size.max(MAX_COPY_OBJECT) {
+        if dst_off + len > self.max_size.max(MAX_SINGLE_SIZE) {
             return false;
         }
         self.copy = Some((src_key.to_string(), dst_off + len));
@@ -1092,7 +1088,7 @@ impl Upload {
             Ok(id) => id,
             Err(e) => return Err(self.fail(format!("CreateMultipartUpload: {e}"))),
         };
-        let part = COPY_PART.max(n.div_ceil(schedule::MAX_PARTS as u64));
+        let part = COPY_PART.max(n.div_ceil(MAX_PARTS as u64));
         let mut tasks: JoinSet<Result<(u32, String), S3Error>> = JoinSet::new();
         let mut parts = Vec::new();
         let mut start = 0u64;

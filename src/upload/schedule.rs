@@ -6,12 +6,8 @@
 //! 16 MiB, 1001–1500 32 MiB, 1501–2000 64 MiB and the rest 128 MiB: about
 //! 1.03 TiB in 10,000 parts.
 
-/// S3's limit on part numbers.
-pub const MAX_PARTS: u32 = 10_000;
-/// S3's smallest part (all but the last).
-pub const MIN_PART: u64 = 5 * 1024 * 1024;
-/// S3's largest part.
-pub const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+use crate::s3::rules::{MAX_PARTS, MAX_SINGLE_SIZE};
+
 /// How many parts share one size before it doubles.
 pub const PARTS_PER_STEP: u32 = 500;
 
@@ -32,7 +28,7 @@ impl Schedule {
             .checked_shl(step)
             .unwrap_or(u64::MAX)
             .min(self.max_part.max(self.base))
-            .min(MAX_PART)
+            .min(MAX_SINGLE_SIZE)
     }
 
     /// The file offset where part `n` starts.
@@ -63,6 +59,7 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::s3::rules::MIN_PART_SIZE;
     const MIB: u64 = 1024 * 1024;
     const TIB: u64 = 1024 * 1024 * MIB;
 
@@ -94,7 +91,7 @@ mod tests {
         };
         assert!(s.max_file_size() >= 5 * TIB, "{}", s.max_file_size());
         // Every part but the last must be at least S3's minimum.
-        assert!((1..=MAX_PARTS).all(|n| s.part_size(n) >= MIN_PART));
+        assert!((1..=MAX_PARTS).all(|n| s.part_size(n) >= MIN_PART_SIZE));
     }
 
     #[test]
@@ -103,6 +100,6 @@ mod tests {
             base: 8 * MIB,
             max_part: u64::MAX,
         };
-        assert_eq!(s.part_size(10_000), MAX_PART);
+        assert_eq!(s.part_size(10_000), MAX_SINGLE_SIZE);
     }
 }
