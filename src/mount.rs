@@ -371,6 +371,10 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
     );
     let result: Result<Parts, String> = (|| {
         let plan = plan_memory(o.part_size, o.max_part_size, o.memory_limit)?;
+        client
+            .config()
+            .check_encryption(o.sse.as_ref())
+            .map_err(|e| e.to_string())?;
         rt.block_on(client.head_bucket(&o.bucket))
             .map_err(|e| describe_bucket_error(&o.bucket, &e))?;
         let store: Arc<dyn ObjectStore> = Arc::new(BucketClient {
@@ -390,9 +394,8 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             // A read-only mount starts no upload: any private directory
             // will do for its (always empty) journal and status socket.
             Err(JournalError::Io { err, .. }) if o.read_only => {
-                // SAFETY: getuid cannot fail.
-                let fallback = std::env::temp_dir()
-                    .join(format!("bucketfs-state-{}", unsafe { libc::getuid() }));
+                let fallback = crate::upload::journal::private_fallback_dir()
+                    .map_err(|e| format!("no private state directory: {e}"))?;
                 tracing::info!(state_dir = %o.state_dir.display(), error = %err, fallback = %fallback.display(), "state directory unusable; read-only mount uses a temporary one");
                 Journal::open(&fallback, &info).map_err(|e| e.to_string())?
             }

@@ -138,6 +138,29 @@ async fn wrong_secret_gives_one_clear_line() {
     );
 }
 
+/// A session token is a secret too: not in a trace log, whatever the
+/// server makes of it.
+#[tokio::test]
+async fn a_session_token_never_reaches_the_log() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let token = "IQoJb3JpZ2luX2VjEBucketfsSessionTokenNotForLogs0123456789";
+    let out = bucketfs(
+        &["uploads", "list", &b],
+        &[("AWS_SESSION_TOKEN", token), ("BUCKETFS_LOG", "trace")],
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("TRACE") || err.contains("DEBUG"),
+        "trace logging is on: {err}"
+    );
+    assert!(
+        !err.contains(token),
+        "the session token is in the log: {err}"
+    );
+    assert!(!stdout(&out).contains(token));
+}
+
 #[tokio::test]
 async fn unknown_bucket_gives_one_clear_line() {
     let out = bucketfs(&["uploads", "list", "no-such-bucket-bucketfs"], &[]);

@@ -114,7 +114,11 @@ fn sse_c_objects_round_trip_and_need_the_key() {
     let b = rt().block_on(common::fresh_bucket(&c));
     let key = [7u8; 32];
     let b64 = base64::engine::general_purpose::STANDARD.encode(key);
-    let m = Mounted::new(&b, &["--sse", "c"], &[("BUCKETFS_SSE_C_KEY", &b64)]);
+    let m = Mounted::new(
+        &b,
+        &["--sse", "c"],
+        &[("BUCKETFS_SSE_C_KEY", &b64), ("BUCKETFS_LOG", "trace")],
+    );
     let small = b"secret words".to_vec();
     let big = common::data(17 * MIB, 4);
     std::fs::write(m.path("small"), &small).unwrap();
@@ -123,6 +127,9 @@ fn sse_c_objects_round_trip_and_need_the_key() {
     assert_eq!(std::fs::read(m.path("small")).unwrap(), small);
     let back = std::fs::read(m.path("big2")).unwrap();
     assert!(back == big, "big2 differs through the mount");
+    let log = m.log();
+    assert!(log.contains("TRACE"), "trace logging is on");
+    assert!(!log.contains(&b64), "the SSE-C key is in the log");
 
     // Without the key the server refuses; with it, the bytes are ours.
     assert!(rt()

@@ -71,6 +71,16 @@ fn env(name: &str) -> Option<String> {
 }
 
 impl S3Config {
+    /// Refuses an SSE-C key when any endpoint is plain http to another
+    /// host: the key rides in a request header, readable by anyone on the
+    /// path (S3 itself refuses SSE-C over http).
+    pub fn check_encryption(&self, sse: Option<&super::Sse>) -> Result<(), S3Error> {
+        let all: Vec<&Url> = std::iter::once(&self.endpoint)
+            .chain(&self.extra_endpoints)
+            .collect();
+        key_only_over_https(&all, sse)
+    }
+
     /// Builds the configuration from overrides, then the standard AWS
     /// environment variables, then `~/.aws/credentials`.
     pub fn from_env(o: &ConfigOverrides) -> Result<Self, S3Error> {
@@ -253,9 +263,54 @@ pub fn parse_credentials_file(text: &str, profile: &str) -> Option<Credentials> 
     })
 }
 
+/// An SSE-C key may only travel over https, or over plain http to this
+/// machine's own loopback (a test server: the key never leaves the host).
+fn key_only_over_https(endpoints: &[&Url], sse: Option<&super::Sse>) -> Result<(), S3Error> {
+    let loopback = |u: &Url| {
+        let h = u.host_str().unwrap_or_default();
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|a| a.is_loopback())
+    };
+    let plain = endpoints
+        .iter()
+        .find(|u| u.scheme() != "https" && !loopback(u));
+    match (sse, plain) {
+        (Some(super::Sse::Customer { .. }), Some(u)) => Err(S3Error::Config(format!(
+            "--sse c sends the encryption key with every request: refusing the plain-http endpoint {u} (use https)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_customer_key_never_goes_over_plain_http() {
+        let a = Url::parse("https://a.example").unwrap();
+        let b = Url::parse("http://b.example").unwrap();
+        let key = super::super::Sse::Customer { key: [7; 32] };
+        let e = key_only_over_https(&[&a, &b], Some(&key))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http://b.example") && !e.contains("BwcH"), "{e}");
+        let aes = super::super::Sse::Aes256;
+        assert!(key_only_over_https(&[&a, &b], Some(&aes)).is_ok());
+        assert!(key_only_over_https(&[&a, &b], None).is_ok());
+        assert!(key_only_over_https(&[&a], Some(&key)).is_ok());
+        for local in [
+            "http://127.0.0.1:3900",
+            "http://[::1]:80",
+            "http://localhost:9000",
+        ] {
+            let l = Url::parse(local).unwrap();
+            assert!(
+                key_only_over_https(&[&a, &l], Some(&key)).is_ok(),
+                "{local}"
+            );
+        }
+    }
 
     #[test]
     fn credentials_file_profiles() {

@@ -23,7 +23,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -189,6 +189,70 @@ pub fn find_mount(state_dir: &Path, mountpoint: &Path) -> Option<(PathBuf, Mount
     found
 }
 
+/// Refuses a state directory another local user could tamper with: the
+/// mount's own directory must be a real directory (not a symlink) of this
+/// user that nobody else may enter, and the directory holding it must not
+/// let others replace it (owned by this user or root, and not writable by
+/// others unless sticky, as /tmp is).
+fn check_private(state_dir: &Path, dir: &Path) -> io::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |what: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, what));
+    let m = fs::symlink_metadata(dir)?;
+    if !m.file_type().is_dir() {
+        return refuse(format!("{} is not a directory (a symlink?)", dir.display()));
+    }
+    if m.uid() != me || m.mode() & 0o077 != 0 {
+        return refuse(format!(
+            "{} must belong to uid {me} with mode 0700 (it has uid {}, mode {:o})",
+            dir.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        ));
+    }
+    let p = fs::metadata(state_dir)?;
+    let sticky = p.mode() & libc::S_ISVTX != 0;
+    if (p.uid() != me && p.uid() != 0) || (p.mode() & 0o022 != 0 && !sticky) {
+        return refuse(format!(
+            "{} may be changed by other users (uid {}, mode {:o})",
+            state_dir.display(),
+            p.uid(),
+            p.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// A private state directory for a mount that needs no journal (read
+/// only): `$XDG_RUNTIME_DIR/bucketfs` when the session has one, else a new
+/// directory with a random name under the temporary directory (mkdtemp),
+/// never a predictable shared path another user could prepare.
+pub fn private_fallback_dir() -> io::Result<PathBuf> {
+    if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        let dir = PathBuf::from(run).join("bucketfs");
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(dir),
+            Err(_) => {}
+        }
+    }
+    let template = std::env::temp_dir().join("bucketfs-state-XXXXXX");
+    let mut bytes = std::ffi::CString::new(template.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+        .into_bytes_with_nul();
+    // SAFETY: a NUL-terminated buffer that mkdtemp rewrites in place.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    bytes.pop();
+    let dir = PathBuf::from(std::ffi::OsString::from(
+        String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+    ));
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
 fn try_lock(f: &File) -> bool {
     // SAFETY: flock on a descriptor we own.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
@@ -227,16 +291,28 @@ impl Journal {
             dir: dir.clone(),
             err,
         };
+        // Checked before anything is made inside: mkdir of the last
+        // component never follows a symlink, but a recursive one would.
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir.join("uploads"))
+            .create(&dir)
             .map_err(io)?;
+        check_private(state_dir, &dir).map_err(io)?;
+        match fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir.join("uploads"))
+        {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io(e)),
+            _ => {}
+        }
+        check_private(&dir, &dir.join("uploads")).map_err(io)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(dir.join("lock"))
             .map_err(io)?;
         if !try_lock(&lock) {
@@ -269,11 +345,16 @@ impl Journal {
     fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let tmp = path.with_extension("tmp");
         {
+            // A new file, never one found there (a symlink would be followed).
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .write(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
@@ -555,6 +636,59 @@ mod tests {
     use super::*;
     use crate::s3::memory::MemoryStore;
     use crate::s3::{Op, PutOptions};
+
+    /// A state directory another user could have prepared is refused: a
+    /// symlink where the mount's directory goes (it would make the mount
+    /// write its lock and mount.info wherever it points), or a parent
+    /// others may write to; the read-only fallback is private and new.
+    #[test]
+    fn a_state_directory_others_could_prepare_is_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let mi = info("/mnt/x");
+        let state = base.path().join("state");
+        fs::create_dir(&state).unwrap();
+        let victim = base.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        let id = mount_id(&mi.bucket, &mi.prefix, &mi.mountpoint);
+        std::os::unix::fs::symlink(&victim, state.join(&id)).unwrap();
+        let e = Journal::open(&state, &mi)
+            .err()
+            .expect("a symlinked mount directory");
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        assert_eq!(
+            fs::read_dir(&victim).unwrap().count(),
+            0,
+            "nothing made in the victim's directory"
+        );
+        fs::remove_file(state.join(&id)).unwrap();
+
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = Journal::open(&state, &mi)
+            .err()
+            .expect("a world-writable state dir");
+        assert!(
+            e.to_string().contains("may be changed by other users"),
+            "{e}"
+        );
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(
+            Journal::open(&state, &mi).is_ok(),
+            "sticky, as /tmp is, is fine"
+        );
+
+        let a = private_fallback_dir().unwrap();
+        let b = private_fallback_dir().unwrap();
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            assert_ne!(a, b, "a new directory each time");
+            fs::remove_dir(&b).unwrap();
+        }
+        let m = fs::symlink_metadata(&a).unwrap();
+        assert!(m.is_dir() && m.mode() & 0o077 == 0, "{:o}", m.mode());
+        assert!(Journal::open(&a, &mi).is_ok());
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            fs::remove_dir_all(&a).unwrap();
+        }
+    }
 
     fn info(mp: &str) -> MountInfo {
         MountInfo {
