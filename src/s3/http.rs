@@ -1132,7 +1132,7 @@ impl Client {
         r.error_in_200 = true;
         r.timeout = Deadline::Fixed(SERVER_WORK_TIMEOUT);
         let a = self.send(&r).await?;
-        xml::parse_etag_result("CopyObject", "CopyObjectResult", &a.body)
+        xml::parse_etag_result("CopyObject", "CopyObjectResult", &a.body).map(|e| quote_etag(&e))
     }
 
     /// One page of ListObjectsV2, keys URL-encoded on the wire so any byte survives.
