@@ -26,11 +26,12 @@ TEST_BUCKET="bucketfs-test"
 TEST_REGION="us-east-1"
 
 START_TIMEOUT=30 # seconds, for each of: S3 answering, the test bucket usable
-# Seconds between TERM and KILL on stop. weed server takes 15 s or more to exit
-# after TERM (its filer waits that long for its own metadata subscription to
-# end; its volume server sometimes hangs closing HTTP connections). Nothing in
-# STATE_DIR needs a clean exit: a smaller value only trades that for a KILL.
-STOP_TIMEOUT="${BUCKETFS_SEAWEEDFS_STOP_TIMEOUT:-20}"
+# Seconds between TERM and KILL on stop. weed server never exits within them:
+# after TERM its filer waits 15 s for its own metadata subscription to end
+# (weed 4.48; not configurable), and then some other shutdown step may hang
+# for good (seen in 3 of 5 stops). Nothing here needs a clean exit: the data
+# is throw-away and never served again (start wipes it), so KILL is fine.
+STOP_TIMEOUT="${BUCKETFS_SEAWEEDFS_STOP_TIMEOUT:-5}"
 
 usage() {
     cat >&2 <<EOF
@@ -46,8 +47,8 @@ usage: ${0##*/} install
   stop STATE_DIR    stop that server (TERM, then KILL after ${STOP_TIMEOUT}s); keeps STATE_DIR
 
 Environment: BUCKETFS_CACHE (default \$HOME/.cache/bucketfs)
-             BUCKETFS_SEAWEEDFS_STOP_TIMEOUT (seconds from TERM to KILL on stop, default 20;
-             weed needs 15 s or more to exit cleanly, a KILL harms nothing here)
+             BUCKETFS_SEAWEEDFS_STOP_TIMEOUT (seconds from TERM to KILL on stop, default 5;
+             weed takes 15 s or more to exit on TERM, if it does; KILL harms nothing here)
 EOF
 }
 
@@ -365,7 +366,7 @@ cmd_stop() {
             sleep 0.1
         done
         if pid_alive "$pid"; then
-            log "weed (pid $pid) still running ${STOP_TIMEOUT}s after TERM; sending KILL"
+            log "weed (pid $pid) still running ${STOP_TIMEOUT}s after TERM (as usual); sending KILL"
             kill -KILL "$pid" 2>/dev/null || true
             for ((i = 0; i < 50; i++)); do
                 pid_alive "$pid" || break
