@@ -651,9 +651,9 @@ mod tests {
         fs::create_dir(&victim).unwrap();
         let id = mount_id(&mi.bucket, &mi.prefix, &mi.mountpoint);
         std::os::unix::fs::symlink(&victim, state.join(&id)).unwrap();
-        let e = Journal::open(&state, &mi)
-            .err()
-            .expect("a symlinked mount directory");
+        let Err(e) = Journal::open(&state, &mi) else {
+            panic!("a symlinked mount directory")
+        };
         assert!(e.to_string().contains("not a directory"), "{e}");
         assert_eq!(
             fs::read_dir(&victim).unwrap().count(),
@@ -663,9 +663,9 @@ mod tests {
         fs::remove_file(state.join(&id)).unwrap();
 
         fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
-        let e = Journal::open(&state, &mi)
-            .err()
-            .expect("a world-writable state dir");
+        let Err(e) = Journal::open(&state, &mi) else {
+            panic!("a world-writable state dir")
+        };
         assert!(
             e.to_string().contains("may be changed by other users"),
             "{e}"

@@ -2,7 +2,7 @@
 
 use super::{lock, service, MemoryStore};
 use crate::s3::error::S3Error;
-use crate::s3::http::hex;
+use crate::s3::etag::hex;
 use crate::s3::rules::MAX_KEYS;
 use crate::s3::types::*;
 use std::ops::Bound;

@@ -37,7 +37,8 @@ pub use faults::CONNECTION_RESET;
 use faults::{Faults, Strike};
 
 use super::error::S3Error;
-use super::http::{hex, md5_of, Op};
+use super::etag::{hex, md5_of};
+use super::http::Op;
 use super::rules::{self, MAX_OBJECT_SIZE, MAX_SINGLE_SIZE, MIN_PART_SIZE};
 use super::store::{ObjectStore, StoreFuture};
 use super::types::*;

@@ -3,7 +3,7 @@
 
 use super::{lock, quoted, service, Attrs, Data, MemoryStore, Part, StoredObject, Upload};
 use crate::s3::error::S3Error;
-use crate::s3::http::{bare_etag, hex, md5_of, multipart_etag};
+use crate::s3::etag::{bare_etag, hex, md5_of, multipart_etag};
 use crate::s3::rules::{self, MAX_METADATA_SIZE, MAX_PARTS};
 use crate::s3::types::*;
 use bytes::{Bytes, BytesMut};

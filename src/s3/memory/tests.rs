@@ -2,7 +2,7 @@
 
 use super::list::{decode_token, encode_token, Resume};
 use super::*;
-use crate::s3::http::{bare_etag, multipart_etag};
+use crate::s3::etag::{bare_etag, multipart_etag};
 use crate::s3::rules::{MAX_METADATA_SIZE, MAX_PARTS};
 use std::sync::Arc;
 use std::time::Duration;
