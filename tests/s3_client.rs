@@ -164,7 +164,12 @@ async fn multipart_round_trip_with_list_parts_paging() {
         .complete_multipart_upload(&b, key, &id, &parts)
         .await
         .unwrap();
-    assert_eq!(bare_etag(&etag), multipart_etag(&md5s));
+    // Ceph RGW 16 answers an empty <ETag>; the object has the right one.
+    if !(etag.is_empty() && std::env::var("BUCKETFS_TEST_SERVER").as_deref() == Ok("ceph")) {
+        assert_eq!(bare_etag(&etag), multipart_etag(&md5s));
+    }
+    let h = c.head_object(&b, key, None).await.unwrap();
+    assert_eq!(bare_etag(&h.etag), multipart_etag(&md5s));
     let all: Vec<u8> = parts_data.concat();
     let g = c.get_object(&b, key, None, None).await.unwrap();
     assert!(g.body[..] == all[..], "object differs");
@@ -523,7 +528,8 @@ async fn copy_object_keeps_or_replaces_metadata() {
 async fn upload_part_copy_builds_an_object_from_ranges() {
     let c = client();
     let b = fresh_bucket(&c).await;
-    let src = data(6 * MIB, 11);
+    // Both copied parts are at least 5 MiB: only the last part may be smaller.
+    let src = data(11 * MIB, 11);
     c.put_object(&b, "src", src.clone().into(), None, &PutOptions::default())
         .await
         .unwrap();
@@ -559,7 +565,7 @@ async fn upload_part_copy_builds_an_object_from_ranges() {
                 number: 2,
                 src_bucket: &b,
                 src: Source::key("src"),
-                range: Some(5 * MIB as u64..6 * MIB as u64),
+                range: Some(5 * MIB as u64..11 * MIB as u64),
                 sse: None,
             },
         )

@@ -1285,48 +1285,49 @@ impl Fs {
         ];
         let mut dirs: Vec<String> = Vec::new();
         let mut files: Vec<(String, crate::s3::ObjectEntry)> = Vec::new();
-        let mut token: Option<String> = None;
-        let mut seen = std::collections::HashSet::new();
-        loop {
-            let page = self
-                .store
-                .list_objects_page(&dir.key, Some("/"), token.as_deref(), None)
-                .await?;
-            for p in page.common_prefixes {
-                let name = p[dir.key.len().min(p.len())..]
-                    .trim_end_matches('/')
-                    .to_string();
-                if listable_name(&name)
-                    && p.ends_with('/')
-                    && !p[dir.key.len()..].trim_end_matches('/').contains('/')
-                {
-                    dirs.push(name);
-                } else {
-                    self.skip_key(&p, "a prefix that cannot be a directory name");
+        crate::s3::paging::each_page(
+            "ListObjectsV2",
+            |token| {
+                let (store, key) = (&self.store, &dir.key);
+                async move {
+                    store
+                        .list_objects_page(key, Some("/"), token.as_deref(), None)
+                        .await
                 }
-            }
-            for o in page.objects {
-                if o.key == dir.key {
-                    continue; // the directory's own marker
+            },
+            |page| {
+                for p in page.common_prefixes {
+                    let name = p[dir.key.len().min(p.len())..]
+                        .trim_end_matches('/')
+                        .to_string();
+                    if listable_name(&name)
+                        && p.ends_with('/')
+                        && !p[dir.key.len()..].trim_end_matches('/').contains('/')
+                    {
+                        dirs.push(name);
+                    } else {
+                        self.skip_key(&p, "a prefix that cannot be a directory name");
+                    }
                 }
-                let name = o.key[dir.key.len().min(o.key.len())..].to_string();
-                if listable_name(&name) {
-                    files.push((name, o));
-                } else {
-                    self.skip_key(&o.key, "a key that cannot be a file name");
+                for o in page.objects {
+                    if o.key == dir.key {
+                        continue; // the directory's own marker
+                    }
+                    let name = o.key[dir.key.len().min(o.key.len())..].to_string();
+                    if listable_name(&name) {
+                        files.push((name, o));
+                    } else {
+                        self.skip_key(&o.key, "a key that cannot be a file name");
+                    }
                 }
-            }
-            match page.next_token {
-                None => break,
-                Some(t) if !seen.insert(t.clone()) => {
-                    return Err(FsError::Io(format!(
-                        "listing of {:?} repeated a continuation token",
-                        dir.key
-                    )))
-                }
-                Some(t) => token = Some(t),
-            }
-        }
+                Ok::<_, FsError>(())
+            },
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(key = %dir.key, error = %e, "listing the directory failed");
+            e
+        })?;
         let valid_until = Instant::now() + self.cfg.metadata_ttl;
         {
             let mut t = self.table();
@@ -2151,22 +2152,29 @@ impl Fs {
         }
         // Every key under the old prefix.
         let mut keys: Vec<(String, u64, bool)> = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list_objects_page(&src.key, None, token.as_deref(), None)
-                .await?;
-            keys.extend(page.objects.into_iter().map(|o| {
-                let other_class = inode::not_standard(o.storage_class.as_deref());
-                (o.key, o.size, other_class)
-            }));
-            match page.next_token {
-                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-                Some(_) => return Err(FsError::Io("listing repeated a continuation token".into())),
-                None => break,
-            }
-        }
+        crate::s3::paging::each_page(
+            "ListObjectsV2",
+            |token| {
+                let (store, key) = (&self.store, &src.key);
+                async move {
+                    store
+                        .list_objects_page(key, None, token.as_deref(), None)
+                        .await
+                }
+            },
+            |page| {
+                keys.extend(page.objects.into_iter().map(|o| {
+                    let other_class = inode::not_standard(o.storage_class.as_deref());
+                    (o.key, o.size, other_class)
+                }));
+                Ok::<_, FsError>(())
+            },
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(key = %src.key, error = %e, "listing the directory to rename failed");
+            e
+        })?;
         let new_key = |k: &str| format!("{dst_prefix}{}", &k[src.key.len()..]);
         // Copies, a few at a time.
         let mut done: Vec<String> = Vec::new();

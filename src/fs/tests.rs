@@ -760,3 +760,45 @@ async fn a_stale_not_found_does_not_hide_a_file_stored_here() {
         Some(Ok(_))
     ));
 }
+
+/// A server whose listings loop (a token cycle, or ever-new tokens over
+/// the same page) fails opendir and the rename of a directory with EIO
+/// after a few pages instead of hanging them; nothing is copied or
+/// deleted by the failed rename.
+#[tokio::test]
+async fn a_looping_listing_fails_opendir_and_rename_instead_of_hanging() {
+    let store = Arc::new(MemoryStore::new());
+    for k in ["d/a", "d/b", "d/c"] {
+        store.insert_object(k, Bytes::from_static(b"x"), &PutOptions::default());
+    }
+    let fs = Fs::new(store.clone(), cfg());
+    let d = fs.lookup(ROOT, OsStr::new("d")).await.unwrap().ino;
+    store.loop_listings();
+    let fh = tokio::time::timeout(Duration::from_secs(10), fs.opendir(d))
+        .await
+        .expect("opendir hangs on a looping listing");
+    let listed = match fh {
+        Ok(fh) => {
+            let r = tokio::time::timeout(Duration::from_secs(10), fs.readdir(fh, 0))
+                .await
+                .expect("readdir hangs on a looping listing");
+            let _ = fs.releasedir(fh).await;
+            r.map(|_| ())
+        }
+        Err(e) => Err(e),
+    };
+    assert!(matches!(listed, Err(FsError::Io(_))), "{listed:?}");
+    let before = store.calls(Op::ListObjects);
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        fs.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), 0),
+    )
+    .await
+    .expect("rename hangs on a looping listing");
+    assert!(matches!(r, Err(FsError::Io(_))), "{r:?}");
+    assert!(
+        store.calls(Op::ListObjects) - before < 10,
+        "a few pages, not a loop"
+    );
+    assert_eq!(store.keys(), ["d/a", "d/b", "d/c"], "nothing moved");
+}

@@ -6,6 +6,7 @@
 //! - [`ops`]: the S3 operations the client offers.
 //! - [`etag`]: MD5s and ETags; [`body`]: answer bodies in their pieces.
 //! - [`pace`]: how long parts take, for sending a slow one again.
+//! - [`paging`]: following a listing's pages, guarded against loops.
 //! - [`rules`]: S3's limits, key check and error-code table, shared by the
 //!   client and [`memory`].
 
@@ -17,6 +18,7 @@ pub mod http;
 pub mod memory;
 mod ops;
 pub mod pace;
+pub mod paging;
 pub mod rules;
 pub mod sigv4;
 pub mod store;

@@ -271,7 +271,8 @@ impl Client {
         }
     }
 
-    /// Every page of a listing. A server that repeats a token is an error, not a loop.
+    /// Every page of a listing. A server that loops is an error, not a hang
+    /// ([`paging`](super::paging)).
     pub async fn list_objects_all(
         &self,
         bucket: &str,
@@ -279,26 +280,20 @@ impl Client {
         delimiter: Option<&str>,
     ) -> Result<ListPage, S3Error> {
         let mut all = ListPage::default();
-        let mut token: Option<String> = None;
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..MAX_PAGES {
-            let page = self
-                .list_objects_page(bucket, prefix, delimiter, token.as_deref(), None)
-                .await?;
-            all.objects.extend(page.objects);
-            all.common_prefixes.extend(page.common_prefixes);
-            match page.next_token {
-                None => return Ok(all),
-                Some(t) if !seen.insert(t.clone()) => {
-                    return Err(S3Error::malformed(
-                        "ListObjectsV2",
-                        format!("continuation token {t:?} repeated"),
-                    ))
-                }
-                Some(t) => token = Some(t),
-            }
-        }
-        Err(S3Error::malformed("ListObjectsV2", "too many pages"))
+        super::paging::each_page(
+            "ListObjectsV2",
+            |token| async move {
+                self.list_objects_page(bucket, prefix, delimiter, token.as_deref(), None)
+                    .await
+            },
+            |page| {
+                all.objects.extend(page.objects);
+                all.common_prefixes.extend(page.common_prefixes);
+                Ok::<_, S3Error>(())
+            },
+        )
+        .await?;
+        Ok(all)
     }
 
     // ---- multipart ----

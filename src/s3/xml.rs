@@ -324,7 +324,19 @@ struct UploadXml {
 pub fn parse_list_uploads(body: &[u8]) -> Result<UploadsPage, S3Error> {
     const OP: &str = "ListMultipartUploads";
     let r: ListUploadsResult = de(OP, body)?;
-    let encoded = r.encoding_type.as_deref() == Some("url");
+    // The request always asks for url encoding. Ceph RGW 16 encodes the
+    // keys but does not say so (no <EncodingType>): when every key reads
+    // as url-encoded (nothing but unreserved bytes, '/' and %XX, at least
+    // one %XX), they are taken as encoded.
+    let looks_encoded = |k: &str| {
+        k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~/%+".contains(&b))
+            && url_decode(OP, k).is_ok()
+    };
+    let silently_encoded = r.encoding_type.is_none()
+        && r.upload.iter().all(|u| looks_encoded(&u.key))
+        && r.upload.iter().any(|u| u.key.contains('%'));
+    let encoded = r.encoding_type.as_deref() == Some("url") || silently_encoded;
     let dec = |s: String| if encoded { url_decode(OP, &s) } else { Ok(s) };
     let mut uploads = Vec::with_capacity(r.upload.len());
     for u in r.upload {
@@ -339,12 +351,17 @@ pub fn parse_list_uploads(body: &[u8]) -> Result<UploadsPage, S3Error> {
             Some(k) if !k.is_empty() => {
                 Some((dec(k)?, r.next_upload_id_marker.unwrap_or_default()))
             }
-            _ => {
-                return Err(S3Error::malformed(
-                    OP,
-                    "IsTruncated is true but no NextKeyMarker was given",
-                ))
-            }
+            // SeaweedFS sends none: the page's last upload is where the
+            // next one starts, as ListObjects V1 does without NextMarker.
+            _ => match uploads.last() {
+                Some(u) => Some((u.key.clone(), u.upload_id.clone())),
+                None => {
+                    return Err(S3Error::malformed(
+                        OP,
+                        "IsTruncated is true on an empty page with no NextKeyMarker",
+                    ))
+                }
+            },
         }
     } else {
         None
@@ -435,6 +452,24 @@ mod tests {
         let p = parse_list_uploads(u).unwrap();
         assert_eq!(p.uploads[0].key, "a b");
         assert_eq!(p.next, Some(("a b".to_string(), "xyz".to_string())));
+        // SeaweedFS: truncated, no markers: the last upload is the marker.
+        let u = br#"<ListMultipartUploadsResult><IsTruncated>true</IsTruncated>
+<Upload><Key>k1</Key><UploadId>i1</UploadId><Initiated>2026-11-25T02:24:50Z</Initiated></Upload>
+<Upload><Key>k2</Key><UploadId>i2</UploadId><Initiated>2026-11-25T02:24:50Z</Initiated></Upload></ListMultipartUploadsResult>"#;
+        let p = parse_list_uploads(u).unwrap();
+        assert_eq!(p.next, Some(("k2".to_string(), "i2".to_string())));
+        // Ceph RGW: url-encoded without saying so; and a server that did not encode.
+        let u = br#"<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>
+<Upload><Key>drop/evil%0Afake%20key</Key><UploadId>i1</UploadId><Initiated>2026-11-25T02:24:50Z</Initiated></Upload>
+<Upload><Key>plain</Key><UploadId>i2</UploadId><Initiated>2026-11-25T02:24:50Z</Initiated></Upload></ListMultipartUploadsResult>"#;
+        let p = parse_list_uploads(u).unwrap();
+        assert_eq!(p.uploads[0].key, "drop/evil\nfake key");
+        assert_eq!(p.uploads[1].key, "plain");
+        let u = br#"<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>
+<Upload><Key>100% sure</Key><UploadId>i1</UploadId><Initiated>2026-11-25T02:24:50Z</Initiated></Upload></ListMultipartUploadsResult>"#;
+        assert_eq!(parse_list_uploads(u).unwrap().uploads[0].key, "100% sure");
+        let empty = br#"<ListMultipartUploadsResult><IsTruncated>true</IsTruncated></ListMultipartUploadsResult>"#;
+        assert!(parse_list_uploads(empty).is_err(), "a loop, not a page");
     }
 
     #[test]

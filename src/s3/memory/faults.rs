@@ -25,6 +25,8 @@ pub(super) struct Faults {
     /// Every call of the op sleeps this long after acting, before it answers
     /// (a slow answer: the request took effect, the caller does not know yet).
     pub(super) delay_after: HashMap<usize, Duration>,
+    /// Every listing answers its first page again with another token.
+    pub(super) looping_listings: bool,
 }
 
 /// Sets `op`'s delay in `delays`; zero removes it.
@@ -41,6 +43,13 @@ fn set_delay(delays: &mut HashMap<usize, Duration>, op: Op, d: Duration) {
 pub const CONNECTION_RESET: &str = "ConnectionReset";
 
 impl MemoryStore {
+    /// Makes every listing loop, as a broken server's might: whatever the
+    /// token, the first page comes back, truncated, with a new token each
+    /// time (tokens A, B, A, ... or ever-new ones look the same to a client).
+    pub fn loop_listings(&self) {
+        lock(&self.faults).looping_listings = true;
+    }
+
     /// Makes the `n`-th call (1-based, counted since the store was created,
     /// failed calls included, numbered when the method is called rather than
     /// when its future is first polled) of `op` fail with `code` before it

@@ -573,7 +573,13 @@ impl ObjectStore for MemoryStore {
         token: Option<&'a str>,
         max_keys: Option<u32>,
     ) -> StoreFuture<'a, ListPage> {
+        let looping = lock(&self.faults).looping_listings;
         self.call(Op::ListObjects, 0, move |s| {
+            if looping {
+                let mut page = s.do_list(prefix, delimiter, None, max_keys)?;
+                page.next_token = Some(format!("loop-{}", fastrand::u64(..)));
+                return Ok(page);
+            }
             s.do_list(prefix, delimiter, token, max_keys)
         })
     }
