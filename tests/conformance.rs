@@ -98,6 +98,7 @@ impl Caps {
                 ..Caps::S3
             }),
             "seaweedfs" => Some(Caps {
+                complete_checks_order: false,
                 copied_part_etag: CopiedPartEtag::Other,
                 reupload_listed_once: false,
                 replaced_part_refused: false,

@@ -652,6 +652,8 @@ async fn copies_keep_cache_control_and_content_encoding() {
             ("Content-Disposition".into(), "attachment".into()),
             ("Content-Language".into(), "fr".into()),
         ],
+        // S3's default, said out loud: SeaweedFS would sniff a type.
+        content_type: Some("binary/octet-stream".into()),
         ..PutOptions::default()
     };
     c.put_object(&b, ".page.Xy12", "gz".into(), None, &opts)

@@ -236,6 +236,9 @@ const DIR_CONTENT_TYPE: &str = "application/x-directory";
 /// or another change in that time is folded into the same request).
 pub const ATTR_DELAY: Duration = Duration::from_secs(1);
 
+/// The Content-Type of bytes nothing is known of: S3's default.
+pub const GENERIC_CONTENT_TYPE: &str = "binary/octet-stream";
+
 /// The Content-Type a file name suggests (`a.html`: `text/html`), if any.
 pub fn content_type_of(name: &str) -> Option<String> {
     let base = name.rsplit('/').next().unwrap_or(name);
@@ -1508,8 +1511,11 @@ impl Fs {
 
     /// A new upload of `key` for inode `ino`, created with its attributes.
     fn new_upload(&self, key: String, ino: u64) -> Upload {
+        // S3's own default when the name says nothing, sent rather than
+        // left to the server: SeaweedFS sniffs the bytes instead, and a
+        // sniffed type would stick through rsync's rename to the real name.
         let mut opts = PutOptions {
-            content_type: content_type_of(&key),
+            content_type: content_type_of(&key).or_else(|| Some(GENERIC_CONTENT_TYPE.into())),
             ..PutOptions::default()
         };
         if let Some(i) = self.table().get(ino) {
@@ -2188,11 +2194,20 @@ impl Fs {
                         // copy would not keep: the object's metadata is read and
                         // sent again.
                         let large = *size > self.cfg.upload.max_copy_object;
-                        let r = if large || *other_class {
+                        // A directory marker is stored anew, not copied:
+                        // SeaweedFS answers a copy of a `dir/` key NoSuchKey.
+                        let marker = k.ends_with('/') && *size == 0;
+                        let r = if large || *other_class || marker {
                             match self.store.head_object(k).await {
                                 Ok(h) => {
                                     let opts = StoredMeta::of_head(&h).to_options();
-                                    if large {
+                                    if marker {
+                                        self.store
+                                            .put_object(&to, bytes::Bytes::new(), None, &opts)
+                                            .await
+                                            .map(|_| ())
+                                            .map_err(FsError::from)
+                                    } else if large {
                                         self.copy_large(k, &to, *size, opts).await.map(|_| ())
                                     } else {
                                         self.store
@@ -2263,8 +2278,39 @@ impl Fs {
                 src.key
             )));
         }
+        self.forget_emptied_prefixes(&src.key, keys.iter().map(|(k, ..)| k.as_str()))
+            .await;
         tracing::debug!(from = %src.key, to = %dst_prefix, keys = keys.len(), "directory renamed");
         Ok(())
+    }
+
+    /// After every key under `top` was deleted: a DELETE of each directory
+    /// prefix that had no marker of its own, deepest first. On S3 there is
+    /// no such key and nothing happens; SeaweedFS keeps such prefixes as
+    /// directories of its filer, still listed for minutes, and a DELETE
+    /// removes one once it is empty (never one that still holds a key).
+    /// Best effort: a failure is logged, the rename has happened.
+    async fn forget_emptied_prefixes<'k>(&self, top: &str, keys: impl Iterator<Item = &'k str>) {
+        let keys: std::collections::BTreeSet<&str> = keys.collect();
+        let mut dirs = std::collections::BTreeSet::new();
+        for k in &keys {
+            let mut at = top.len();
+            while let Some(i) = k[at..].find('/') {
+                at += i + 1;
+                dirs.insert(&k[..at]);
+            }
+        }
+        dirs.insert(top);
+        let implicit: Vec<&str> = dirs
+            .into_iter()
+            .filter(|d| !keys.contains(d))
+            .rev()
+            .collect();
+        for d in implicit {
+            if let Err(e) = self.store.delete_object(d).await {
+                tracing::debug!(key = %d, error = %e, "an emptied directory prefix was not removed");
+            }
+        }
     }
 
     /// Creates a symlink as s3fs stores one: an object whose body is the

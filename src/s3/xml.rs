@@ -351,8 +351,17 @@ pub fn parse_list_uploads(body: &[u8]) -> Result<UploadsPage, S3Error> {
             Some(k) if !k.is_empty() => {
                 Some((dec(k)?, r.next_upload_id_marker.unwrap_or_default()))
             }
-            // SeaweedFS sends none: the page's last upload is where the
-            // next one starts, as ListObjects V1 does without NextMarker.
+            // SeaweedFS lists by upload ID and names only the next one:
+            // it pages by upload-id-marker alone (an empty key-marker).
+            _ if r
+                .next_upload_id_marker
+                .as_deref()
+                .is_some_and(|m| !m.is_empty()) =>
+            {
+                Some((String::new(), r.next_upload_id_marker.unwrap_or_default()))
+            }
+            // No marker at all: the page's last upload is where the next
+            // one starts, as ListObjects V1 does without NextMarker.
             _ => match uploads.last() {
                 Some(u) => Some((u.key.clone(), u.upload_id.clone())),
                 None => {
@@ -452,7 +461,12 @@ mod tests {
         let p = parse_list_uploads(u).unwrap();
         assert_eq!(p.uploads[0].key, "a b");
         assert_eq!(p.next, Some(("a b".to_string(), "xyz".to_string())));
-        // SeaweedFS: truncated, no markers: the last upload is the marker.
+        // SeaweedFS: only the next upload ID.
+        let u = br#"<ListMultipartUploadsResult><IsTruncated>true</IsTruncated><NextUploadIdMarker>id9</NextUploadIdMarker>
+<Upload><Key>k1</Key><UploadId>i1</UploadId><Initiated>2026-11-25T02:24:50Z</Initiated></Upload></ListMultipartUploadsResult>"#;
+        let p = parse_list_uploads(u).unwrap();
+        assert_eq!(p.next, Some((String::new(), "id9".to_string())));
+        // Truncated, no markers: the last upload is the marker.
         let u = br#"<ListMultipartUploadsResult><IsTruncated>true</IsTruncated>
 <Upload><Key>k1</Key><UploadId>i1</UploadId><Initiated>2026-11-25T02:24:50Z</Initiated></Upload>
 <Upload><Key>k2</Key><UploadId>i2</UploadId><Initiated>2026-11-25T02:24:50Z</Initiated></Upload></ListMultipartUploadsResult>"#;
