@@ -2,6 +2,7 @@
 //! checks, detaching into the background with a readiness pipe, and the
 //! session itself.
 
+use crate::fs::dir_attrs::DirAttrs;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
 use crate::s3::rules::MIN_PART_SIZE;
@@ -430,6 +431,12 @@ pub fn serve(client: Client, o: &MountOptions, mut ready: Readiness) -> Result<(
             max_inodes: crate::fs::MAX_INODES,
             attrs_from_listing: o.attrs_from_listing,
             page_cache: o.page_cache,
+            // A read-only mount writes nothing, not even a probe.
+            dir_attrs: if o.read_only {
+                DirAttrs::OnMarker
+            } else {
+                rt.block_on(crate::fs::dir_attrs::probe(store.as_ref(), &o.prefix))
+            },
         };
         tracing::info!(
             memory_limit = o.memory_limit,

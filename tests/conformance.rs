@@ -56,6 +56,9 @@ struct Caps {
     copy_source_if_match: bool,
     /// GET `If-Match` is enforced (412 on another ETag).
     get_if_match: bool,
+    /// A prefix whose last key is deleted is gone from delimiter listings
+    /// at once (SeaweedFS lists it for minutes more).
+    emptied_prefix_vanishes: bool,
     /// Complete refuses parts listed out of order (InvalidPartOrder).
     complete_checks_order: bool,
     /// UploadPartCopy refuses a range that ends past the source's end
@@ -78,6 +81,7 @@ impl Caps {
         get_if_match: true,
         complete_checks_order: true,
         copy_range_checked: true,
+        emptied_prefix_vanishes: true,
     };
 
     /// What each server we run in CI answers.
@@ -98,6 +102,7 @@ impl Caps {
                 ..Caps::S3
             }),
             "seaweedfs" => Some(Caps {
+                emptied_prefix_vanishes: false,
                 complete_checks_order: false,
                 copied_part_etag: CopiedPartEtag::Other,
                 reupload_listed_once: false,
@@ -708,6 +713,19 @@ async fn listing(s: Subject) {
             .map(|o| o.key.as_str())
             .collect::<Vec<_>>(),
         sorted
+    );
+    // A prefix emptied of its last key.
+    put(st, "gone/x", b"x").await;
+    st.delete_object("gone/x").await.unwrap();
+    let root = st
+        .list_objects_page("", Some("/"), None, None)
+        .await
+        .unwrap();
+    let vanished = !root.common_prefixes.iter().any(|p| p == "gone/");
+    s.observed(
+        "an emptied prefix is gone from listings at once",
+        vanished,
+        |c| c.emptied_prefix_vanishes,
     );
     // An empty prefix result.
     let none = st

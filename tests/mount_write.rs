@@ -283,8 +283,13 @@ async fn a_prefix_only_directory_goes_with_its_last_key() {
     assert_eq!(names(), ["made", "q"]);
     c.delete_object(&b, "q/only").await.unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(names(), ["made"], "only the mkdir'd directory stays");
-    assert!(c.head_object(&b, "made/", None).await.is_ok());
+    // SeaweedFS lists an emptied prefix for minutes more (its filer keeps
+    // the directory; tests/conformance.rs names this): another client's
+    // delete cannot make it go sooner.
+    let lingers = std::env::var("BUCKETFS_TEST_SERVER").as_deref() == Ok("seaweedfs");
+    let want: &[&str] = if lingers { &["made", "q"] } else { &["made"] };
+    assert_eq!(names(), want, "only the mkdir'd directory stays");
+    assert!(c.head_object(&b, &dir_key("made"), None).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //!
 //! The contract each operation keeps is written down in `docs/SEMANTICS.md`.
 
+pub mod dir_attrs;
 pub mod error;
 pub mod inode;
 pub mod meta;
@@ -12,6 +13,7 @@ use crate::prefetch::Reader;
 use crate::s3::rules::{MAX_KEY_LEN, MIN_PART_SIZE};
 use crate::s3::{MetadataDirective, ObjectStore, PutOptions, S3Error, Source};
 use crate::upload::{Progress, Upload, UploadConfig};
+use dir_attrs::{DirAttrs, DIR_ATTRS_NAME};
 pub use error::{FsError, FsResult};
 use inode::{Inode, InodeTable, Kind, StoredMeta, ROOT};
 use meta::PosixMeta;
@@ -53,6 +55,8 @@ pub struct FsConfig {
     /// Read-only handles read through the kernel's page cache instead of
     /// directly (`--page-cache`).
     pub page_cache: bool,
+    /// Where directory attributes are stored on this server.
+    pub dir_attrs: DirAttrs,
 }
 
 /// The default of [`FsConfig::max_inodes`]: about 40 MiB of metadata.
@@ -77,6 +81,7 @@ impl FsConfig {
             max_inodes: MAX_INODES,
             attrs_from_listing: false,
             page_cache: false,
+            dir_attrs: DirAttrs::OnMarker,
         }
     }
 }
@@ -350,6 +355,12 @@ fn check_name(name: &OsStr) -> FsResult<&str> {
     if name.len() > MAX_NAME_LEN {
         return Err(FsError::NameTooLong);
     }
+    if name == DIR_ATTRS_NAME {
+        // Where directory attributes may live: never a file of the mount.
+        return Err(FsError::Denied(format!(
+            "{DIR_ATTRS_NAME} is reserved for directory attributes"
+        )));
+    }
     Ok(name)
 }
 
@@ -358,6 +369,7 @@ fn listable_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."
+        && name != DIR_ATTRS_NAME
         && !name.contains('/')
         && name.len() <= MAX_NAME_LEN
 }
@@ -586,6 +598,9 @@ impl Fs {
     /// Looks up `name` in `parent`: served from fresh cached attributes (a
     /// listing fills them), else one HEAD and one LIST sent together.
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        if name == DIR_ATTRS_NAME {
+            return Err(FsError::NotFound);
+        }
         let name = check_name(name)?;
         let pkey = self.dir_key(parent)?;
         // A directory seen in a listing: its marker (if any) holds its mode
@@ -670,7 +685,7 @@ impl Fs {
                         i.mtime = self.mounted_at;
                     }
                 });
-                if !has_marker {
+                if !has_marker && self.cfg.dir_attrs == DirAttrs::OnMarker {
                     if let Some(i) = t.get_mut(ino) {
                         if i.version.is_none() {
                             // No marker: nothing to read (and no HEAD next time).
@@ -680,7 +695,7 @@ impl Fs {
                 }
                 ino
             };
-            if has_marker {
+            if has_marker || self.cfg.dir_attrs == DirAttrs::InObject {
                 self.read_dir_marker(ino).await;
             }
             let t = self.table();
@@ -1199,7 +1214,21 @@ impl Fs {
         if d.kind != Kind::Dir || ino == ROOT {
             return;
         }
-        let head = self.store.head_object(&d.key).await;
+        let mut head = self
+            .store
+            .head_object(&self.cfg.dir_attrs.key(&d.key))
+            .await;
+        // A read-only mount cannot ask where a server keeps them: a marker
+        // without attributes may have them in the attributes object.
+        let bare = |h: &crate::s3::ObjectHead| !h.metadata.contains_key("mode");
+        if self.cfg.read_only
+            && self.cfg.dir_attrs == DirAttrs::OnMarker
+            && head.as_ref().is_ok_and(bare)
+        {
+            if let Ok(h) = self.store.head_object(&dir_attrs::object_key(&d.key)).await {
+                head = Ok(h);
+            }
+        }
         let mut t = self.table();
         let Some(i) = t.get_mut(ino) else { return };
         if i.attrs_pending {
@@ -1218,9 +1247,10 @@ impl Fs {
     /// NoSuchKey, and an empty PUT costs no more), keeping the marker's other
     /// metadata; a directory that was only a prefix gets a marker.
     async fn persist_dir_attrs(&self, i: &Inode) -> FsResult<String> {
+        let key = self.cfg.dir_attrs.key(&i.key);
         let existing = match &i.stored {
             Some(m) if i.version.as_ref().is_some_and(|(e, _)| !e.is_empty()) => Some(m.clone()),
-            _ => match self.store.head_object(&i.key).await {
+            _ => match self.store.head_object(&key).await {
                 Ok(h) => Some(StoredMeta::of_head(&h)),
                 Err(e) if e.is_not_found() => None,
                 Err(e) => return Err(e.into()),
@@ -1234,7 +1264,7 @@ impl Fs {
         posix_of(i).apply(&mut opts.metadata, libc::S_IFDIR);
         let etag = self
             .store
-            .put_object(&i.key, bytes::Bytes::new(), None, &opts)
+            .put_object(&key, bytes::Bytes::new(), None, &opts)
             .await?;
         if let Some(n) = self.table().get_mut(i.ino) {
             n.version = Some((etag.clone(), None));
@@ -1319,7 +1349,7 @@ impl Fs {
                     let name = o.key[dir.key.len().min(o.key.len())..].to_string();
                     if listable_name(&name) {
                         files.push((name, o));
-                    } else {
+                    } else if name != DIR_ATTRS_NAME {
                         self.skip_key(&o.key, "a key that cannot be a file name");
                     }
                 }
@@ -2005,11 +2035,14 @@ impl Fs {
             ..PosixMeta::default()
         }
         .write(&mut opts.metadata, libc::S_IFDIR);
+        // Where markers keep no metadata, the attributes object alone
+        // makes the directory (a prefix) and holds its mode.
+        let stored_at = self.cfg.dir_attrs.key(&key);
         let etag = self
             .store
-            .put_object(&key, bytes::Bytes::new(), None, &opts)
+            .put_object(&stored_at, bytes::Bytes::new(), None, &opts)
             .await
-            .map_err(failed(&key, "mkdir: storing the directory marker"))?;
+            .map_err(failed(&stored_at, "mkdir: storing the directory marker"))?;
         let now = SystemTime::now();
         let valid_until = Instant::now() + self.cfg.metadata_ttl;
         let mut t = self.table();
@@ -2043,16 +2076,27 @@ impl Fs {
                 }
             }
         }
+        let attrs_key = dir_attrs::object_key(&prefix);
         let page = self
             .store
-            .list_objects_page(&prefix, None, None, Some(2))
+            .list_objects_page(&prefix, None, None, Some(3))
             .await
             .map_err(failed(&prefix, "rmdir: listing the directory"))?;
-        if page.objects.iter().any(|o| o.key != prefix) {
+        if page
+            .objects
+            .iter()
+            .any(|o| o.key != prefix && o.key != attrs_key)
+        {
             return Err(FsError::NotEmpty);
         }
         if page.objects.is_empty() && self.table().child(parent, name).is_none() {
             return Err(FsError::NotFound);
+        }
+        if page.objects.iter().any(|o| o.key == attrs_key) {
+            self.store.delete_object(&attrs_key).await.map_err(failed(
+                &attrs_key,
+                "rmdir: deleting the directory attributes",
+            ))?;
         }
         self.store
             .delete_object(&prefix)
@@ -2147,9 +2191,14 @@ impl Fs {
             Ok(_) => {
                 let page = self
                     .store
-                    .list_objects_page(&dst_prefix, None, None, Some(2))
+                    .list_objects_page(&dst_prefix, None, None, Some(3))
                     .await?;
-                if page.objects.iter().any(|o| o.key != dst_prefix) {
+                let attrs_key = dir_attrs::object_key(&dst_prefix);
+                if page
+                    .objects
+                    .iter()
+                    .any(|o| o.key != dst_prefix && o.key != attrs_key)
+                {
                     return Err(FsError::NotEmpty);
                 }
             }

@@ -802,3 +802,84 @@ async fn a_looping_listing_fails_opendir_and_rename_instead_of_hanging() {
     );
     assert_eq!(store.keys(), ["d/a", "d/b", "d/c"], "nothing moved");
 }
+
+/// Where a server keeps no metadata on `dir/` markers (SeaweedFS, modelled
+/// by the store's `drop_marker_metadata`), the probe says so and directory
+/// attributes live in `dir/.bucketfs-directory`: mkdir's mode and a later
+/// chmod and utimes survive a new mount; the object is never shown, cannot
+/// be made or looked up, moves with a rename and goes with rmdir. Where
+/// markers keep metadata, nothing changes.
+#[tokio::test]
+async fn directory_attributes_live_in_an_object_where_markers_drop_them() {
+    use dir_attrs::{probe, DirAttrs, DIR_ATTRS_NAME};
+    assert_eq!(probe(&MemoryStore::new(), "p/").await, DirAttrs::OnMarker);
+    let store = Arc::new(MemoryStore::new());
+    store.drop_marker_metadata();
+    assert_eq!(probe(store.as_ref(), "").await, DirAttrs::InObject);
+    assert!(store.keys().is_empty(), "the probe leaves nothing behind");
+    let fs_at = |store: &Arc<MemoryStore>| {
+        Fs::new(
+            store.clone(),
+            FsConfig {
+                dir_attrs: DirAttrs::InObject,
+                ..cfg()
+            },
+        )
+    };
+    let fs = fs_at(&store);
+    let d = fs.mkdir(ROOT, OsStr::new("d"), 0o700).await.unwrap();
+    let attrs_key = format!("d/{DIR_ATTRS_NAME}");
+    let mode = |store: &MemoryStore| {
+        store
+            .object(&attrs_key)
+            .and_then(|o| o.metadata.get("mode").cloned())
+    };
+    assert_eq!(mode(&store), Some((libc::S_IFDIR | 0o700).to_string()));
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let change = SetAttr {
+        mode: Some(0o750),
+        mtime: Some(when),
+        ..SetAttr::default()
+    };
+    fs.setattr(d.ino, None, change).await.unwrap();
+    fs.persist_attrs(d.ino).await.unwrap();
+    assert_eq!(mode(&store), Some((libc::S_IFDIR | 0o750).to_string()));
+    store.insert_object("d/f", Bytes::from_static(b"x"), &PutOptions::default());
+
+    // A new mount reads them back; the object is no entry of the directory.
+    let fs2 = fs_at(&store);
+    let d2 = fs2.lookup(ROOT, OsStr::new("d")).await.unwrap();
+    assert_eq!((d2.perm, d2.mtime), (0o750, when));
+    assert!(!names(&fs2, d2.ino)
+        .await
+        .contains(&DIR_ATTRS_NAME.to_string()));
+    assert!(matches!(
+        fs2.lookup(d2.ino, OsStr::new(DIR_ATTRS_NAME)).await,
+        Err(FsError::NotFound)
+    ));
+    assert!(fs2
+        .create(d2.ino, OsStr::new(DIR_ATTRS_NAME), 0o644, 1)
+        .await
+        .is_err());
+    assert_eq!(
+        store.object(&attrs_key).map(|o| o.body.len()),
+        Some(0),
+        "not overwritten"
+    );
+
+    // A rename carries them; rmdir of the emptied directory takes them.
+    fs2.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), 0)
+        .await
+        .unwrap();
+    let fs3 = fs_at(&store);
+    let e = fs3.lookup(ROOT, OsStr::new("e")).await.unwrap();
+    assert_eq!((e.perm, e.mtime), (0o750, when));
+    let e_names = names(&fs3, e.ino).await;
+    for n in &e_names {
+        if n != "." && n != ".." {
+            fs3.unlink(e.ino, OsStr::new(n)).await.unwrap();
+        }
+    }
+    fs3.rmdir(ROOT, OsStr::new("e")).await.unwrap();
+    assert!(store.keys().is_empty(), "{:?}", store.keys());
+}

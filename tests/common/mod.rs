@@ -120,3 +120,20 @@ pub fn s3ref_json(args: &[&str]) -> serde_json::Value {
 }
 pub mod mount;
 pub mod proxy;
+
+/// The key that stands for a directory `dir` made through the mount: its
+/// marker `dir/`, or, on SeaweedFS (whose markers keep no metadata, see
+/// tests/conformance.rs), the attributes object the mount stores instead.
+pub fn dir_key(dir: &str) -> String {
+    match std::env::var("BUCKETFS_TEST_SERVER").as_deref() {
+        Ok("seaweedfs") => format!("{dir}/.bucketfs-directory"),
+        _ => format!("{dir}/"),
+    }
+}
+
+/// Keys as owned strings, sorted as a listing returns them.
+pub fn sorted<S: AsRef<str>>(keys: impl IntoIterator<Item = S>) -> Vec<String> {
+    let mut v: Vec<String> = keys.into_iter().map(|k| k.as_ref().to_string()).collect();
+    v.sort();
+    v
+}

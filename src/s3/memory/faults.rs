@@ -27,6 +27,8 @@ pub(super) struct Faults {
     pub(super) delay_after: HashMap<usize, Duration>,
     /// Every listing answers its first page again with another token.
     pub(super) looping_listings: bool,
+    /// A `dir/` key keeps no metadata and no body (SeaweedFS).
+    pub(super) markers_drop_metadata: bool,
 }
 
 /// Sets `op`'s delay in `delays`; zero removes it.
@@ -48,6 +50,12 @@ impl MemoryStore {
     /// time (tokens A, B, A, ... or ever-new ones look the same to a client).
     pub fn loop_listings(&self) {
         lock(&self.faults).looping_listings = true;
+    }
+
+    /// Makes a key ending in `/` keep neither metadata nor body, as
+    /// SeaweedFS does (its filer makes such a key a directory).
+    pub fn drop_marker_metadata(&self) {
+        lock(&self.faults).markers_drop_metadata = true;
     }
 
     /// Makes the `n`-th call (1-based, counted since the store was created,

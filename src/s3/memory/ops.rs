@@ -130,7 +130,7 @@ impl MemoryStore {
         opts: &PutOptions,
     ) -> Result<String, S3Error> {
         check_key(key)?;
-        let attrs = attrs_of(opts)?;
+        let mut attrs = attrs_of(opts)?;
         let size = body.len() as u64;
         if size > self.limits.max_body_size {
             return Err(entity_too_large(size, self.limits.max_body_size));
@@ -139,6 +139,12 @@ impl MemoryStore {
         if md5.is_some_and(|m| m != actual) {
             return Err(bad_digest());
         }
+        let (body, actual) = if key.ends_with('/') && lock(&self.faults).markers_drop_metadata {
+            attrs.metadata.clear();
+            (Bytes::new(), md5_of(b""))
+        } else {
+            (body, actual)
+        };
         let etag = quoted(&hex(&actual));
         lock(&self.data)
             .objects
