@@ -157,6 +157,9 @@ struct WriteHandle {
     /// None until the first write for files opened without O_TRUNC.
     upload: Option<Upload>,
     state: WriteState,
+    /// The stored object's size at open: what the file is again when the
+    /// close fails (the object at the key is then unchanged).
+    stored_size: u64,
 }
 
 /// What an open file handle holds.
@@ -1602,6 +1605,7 @@ impl Fs {
                 opener_tgid: tgid_of(pid).or(Some(pid)),
                 upload: Some(self.new_upload(key, ino)),
                 state: WriteState::Open,
+                stored_size: 0,
             })),
         );
         Ok((attr, fh))
@@ -1650,6 +1654,7 @@ impl Fs {
                 opener_tgid: tgid_of(pid).or(Some(pid)),
                 upload: trunc.then(|| self.new_upload(inode.key.clone(), ino)),
                 state: WriteState::Open,
+                stored_size: inode.size,
             })),
         );
         let mut t = self.table();
@@ -1893,6 +1898,14 @@ impl Fs {
                 self.untrack(w.fh);
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 w.state = WriteState::Failed;
+                // A stored object is still what it was: so is the file
+                // (its size grew with the writes; reads past the old end
+                // would ask the server for bytes it does not have).
+                if let Some(i) = self.table().get_mut(w.ino) {
+                    if !i.local {
+                        i.size = w.stored_size;
+                    }
+                }
                 Err(e.into())
             }
         }

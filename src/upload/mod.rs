@@ -391,10 +391,11 @@ impl Target {
             .store
             .upload_part(&self.key, &upload_id, number, body, md5)
             .await
-            .map_err(|e| S3Error::Malformed {
-                operation: "UploadPart",
-                detail: format!("part {number}: {e}"),
-            })?;
+            // The error as the store classified it (its code, status and
+            // retry class stay); the part it was is logged here.
+            .inspect_err(
+                |e| tracing::warn!(key = %self.key, part = number, error = %e, "UploadPart failed"),
+            )?;
         drop(grant);
         self.progress.parts_sent.fetch_add(1, Ordering::Relaxed);
         self.progress.bytes_sent.fetch_add(len, Ordering::Relaxed);
