@@ -79,22 +79,6 @@ cmd_install() {
         die "still missing after install: $(missing_programs | tr '\n' ' ')"
 }
 
-# free_ports [COUNT]: prints COUNT (default 2) distinct free TCP ports on 127.0.0.1
-# (mon, rgw; the OSD picks its own in ms_bind_port_min..max, 6800-7300).
-free_ports() {
-    python3 - "${1:-2}" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
-EOF
-}
-
 # The ceph CLI against the instance in $state.
 c() {
     timeout 30 ceph -c "$state/ceph.conf" --connect-timeout 20 "$@"

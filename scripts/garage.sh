@@ -96,22 +96,6 @@ cmd_install() {
     printf '%s\n' "$GARAGE_BIN"
 }
 
-# free_ports [COUNT]: prints COUNT (default 3) distinct free TCP ports on 127.0.0.1
-# (per server: s3, rpc, admin).
-free_ports() {
-    python3 - "${1:-3}" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
-EOF
-}
-
 random_hex() { # random_hex NBYTES
     od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'
 }
@@ -266,7 +250,7 @@ try_start() {
     mkdir -p "$state/meta" "$state/data" || die "cannot create $state/meta and $state/data"
 
     local ports
-    ports="$(free_ports)" || die "could not pick free ports"
+    ports="$(free_ports 3)" || die "could not pick free ports"
     read -r s3_port rpc_port admin_port <<<"$ports"
     write_config "$config" "$state" "$s3_port" "$rpc_port" "$admin_port" 1 \
         "$(random_hex 32)" "$(random_hex 32)" "$(random_hex 32)"

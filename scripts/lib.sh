@@ -43,3 +43,20 @@ ensure_venv() {
     export BUCKETFS_PYTHON="$venv/bin/python"
     export BUCKETFS_S3REF="$BUCKETFS_REPO/tests/s3ref.py"
 }
+
+# free_ports COUNT: prints COUNT distinct free TCP ports on 127.0.0.1 (they
+# may be taken again before they are used: the servers' start scripts retry
+# on a clash).
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+EOF
+}

@@ -101,12 +101,12 @@ cmd_install() {
     printf '%s\n' "$WEED_BIN"
 }
 
-# free_ports COUNT: prints COUNT distinct ports P on 127.0.0.1 such that both P
+# free_port_pairs COUNT: prints COUNT distinct ports P on 127.0.0.1 such that both P
 # and P + 10000 are free (weed's convention: the gRPC port of a service is its
 # HTTP port + 10000; we pass both explicitly all the same). P is in 10000-22767,
 # so P + 10000 stays below Linux's ephemeral range (32768-) and ports picked
 # by the kernel for port-0 binds (other test servers) or outgoing connections.
-free_ports() {
+free_port_pairs() {
     python3 - "$1" <<'EOF'
 import random, socket, sys
 want, socks, ports = int(sys.argv[1]), [], []
@@ -261,7 +261,7 @@ try_start() {
     mkdir -p "$state/data" || die "cannot create $state/data"
 
     local ports master_port volume_port filer_port
-    ports="$(free_ports 4)" || die "could not pick free ports"
+    ports="$(free_port_pairs 4)" || die "could not pick free ports"
     read -r master_port volume_port filer_port s3_port <<<"$ports"
     echo "$ports" >"$state/ports" || die "cannot write $state/ports"
 
