@@ -461,12 +461,7 @@ impl Client {
             path.push_str(&sigv4::uri_encode(bucket, true));
         }
         if let Some(key) = key {
-            if key.is_empty() {
-                return Err(S3Error::InvalidKey {
-                    key: key.into(),
-                    reason: "empty key",
-                });
-            }
+            super::rules::check_key_form(key)?;
             if self.cfg.path_style {
                 path.push('/');
             }
@@ -475,10 +470,11 @@ impl Client {
         let url = Url::parse(&format!("{}://{}{}", ep.scheme(), authority, path)).map_err(|e| {
             S3Error::Config(format!("cannot build a URL for bucket {bucket:?}: {e}"))
         })?;
+        // Whatever else the URL layer would rewrite is refused the same way.
         if url.path() != path {
             return Err(S3Error::InvalidKey {
                 key: key.unwrap_or_default().to_string(),
-                reason: "a '.' or '..' path segment would be rewritten by URL normalization and address another key",
+                reason: super::rules::DOT_SEGMENT,
             });
         }
         Ok((url, authority))

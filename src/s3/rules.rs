@@ -35,18 +35,7 @@ const _: () = assert!(
 /// [`MAX_KEY_LEN`] bytes, which S3 refuses with `KeyTooLongError` (400; the
 /// error carries no request id).
 pub fn check_key(key: &str) -> Result<(), S3Error> {
-    if key.is_empty() {
-        return Err(S3Error::InvalidKey {
-            key: String::new(),
-            reason: "empty key",
-        });
-    }
-    if key.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(S3Error::InvalidKey {
-            key: key.to_string(),
-            reason: "a '.' or '..' path segment would be rewritten by URL normalization and address another key",
-        });
-    }
+    check_key_form(key)?;
     if key.len() > MAX_KEY_LEN {
         return Err(S3Error::Service {
             status: 400,
@@ -57,6 +46,29 @@ pub fn check_key(key: &str) -> Result<(), S3Error> {
     }
     Ok(())
 }
+
+/// The part of [`check_key`] the client applies before sending: an empty
+/// key, or a `.`/`..` segment. Length it leaves to the server (some allow
+/// longer keys than S3).
+pub fn check_key_form(key: &str) -> Result<(), S3Error> {
+    if key.is_empty() {
+        return Err(S3Error::InvalidKey {
+            key: String::new(),
+            reason: "empty key",
+        });
+    }
+    if key.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(S3Error::InvalidKey {
+            key: key.to_string(),
+            reason: DOT_SEGMENT,
+        });
+    }
+    Ok(())
+}
+
+/// Why a key with a `.` or `..` segment is refused.
+pub const DOT_SEGMENT: &str =
+    "a '.' or '..' path segment would be rewritten by URL normalization and address another key";
 
 /// S3's error codes and HTTP statuses, as (status, code, message), read
 /// both ways; in each direction the first matching row wins:
