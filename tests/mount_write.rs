@@ -569,3 +569,48 @@ async fn shell_redirections_store_what_was_written() {
         assert_eq!(&got.body[..], want, "{k}");
     }
 }
+
+/// The two sequences that stored something other than what was written
+/// while every call succeeded (issue 18): a write from offset 0 after an
+/// fsync, and a write through a dup after the other descriptor's close.
+/// Until a completed file can be patched, such a write fails with EIO and
+/// the object keeps every byte written before it (checked through S3); a
+/// shell redirection's write after the close of an empty file still works
+/// (shell_redirections_store_what_was_written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_after_a_completion_fail_instead_of_dropping_bytes() {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::{AsRawFd, FromRawFd};
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+
+    // write 20 MiB, fsync, pwrite at 0 and at the end.
+    let big = data(20 * MIB, 18);
+    let f = std::fs::File::create(m.path("synced")).unwrap();
+    f.write_all_at(&big, 0).unwrap();
+    f.sync_all().unwrap();
+    let e = f.write_at(b"HDR!", 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let e = f.write_at(b"END", 20 * MIB as u64).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    drop(f);
+    let got = c.get_object(&b, "synced", None, None).await.unwrap();
+    assert!(
+        got.body[..] == big[..],
+        "the object is what was written before fsync"
+    );
+
+    // fd2 = dup(fd); write 1 MiB to fd; close(fd); pwrite(fd2, "X", 0).
+    let one = data(MIB, 19);
+    let f = std::fs::File::create(m.path("duped")).unwrap();
+    // SAFETY: dup of a descriptor we own; the new one is owned by f2.
+    let f2 = unsafe { std::fs::File::from_raw_fd(libc::dup(f.as_raw_fd())) };
+    f.write_all_at(&one, 0).unwrap();
+    drop(f);
+    let e = f2.write_at(b"X", 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    drop(f2);
+    let got = c.get_object(&b, "duped", None, None).await.unwrap();
+    assert!(got.body[..] == one[..], "the object is the 1 MiB written");
+}

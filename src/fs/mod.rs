@@ -1737,9 +1737,12 @@ impl Fs {
             // A shell redirection (`echo hi > f`) opens the file, dup2()s
             // the descriptor and closes the original: that close completed
             // the (empty) file. Writing from the start again replaces it.
+            // Only an empty one: a file with bytes (completed by fsync, or
+            // by the close of a dup) would lose every byte not written
+            // again, so such a write fails below instead.
             let mut t = self.table();
             match t.get_mut(w.ino) {
-                Some(i) if i.writer.is_none() || i.writer == Some(w.fh) => {
+                Some(i) if (i.writer.is_none() || i.writer == Some(w.fh)) && i.size == 0 => {
                     i.writer = Some(w.fh);
                     w.state = WriteState::Open;
                     tracing::debug!(key = %w.key, "write after a close on the same handle: replacing the object");
