@@ -72,6 +72,10 @@ pub struct Inode {
     pub readers: u32,
     /// Exists only in this mount so far (created, not yet stored).
     pub local: bool,
+    /// Unlinked through this mount: a close still on its way must not
+    /// leave the file stored. (A name merely taken by a directory another
+    /// client made is not an unlink.)
+    pub unlinked: bool,
     /// For a directory: its children here are its complete listing until
     /// then (a fresh listing, or mkdir of an empty directory), so a name not
     /// among them does not exist and costs no request.
@@ -201,6 +205,7 @@ impl Inode {
             writer: None,
             readers: 0,
             local: false,
+            unlinked: false,
             complete_until: None,
             stored: None,
             version: None,

@@ -1844,13 +1844,19 @@ impl Fs {
             // Opened for writing but never written: nothing changes.
             return Ok(());
         };
-        let unlinked = {
+        let (unlinked, rebound) = {
             let t = self.table();
             match t.get(w.ino) {
-                Some(i) => t.child(i.parent, &i.name).map(|c| c.ino) != Some(w.ino),
-                None => true,
+                Some(i) => (
+                    i.unlinked,
+                    t.child(i.parent, &i.name).map(|c| c.ino) != Some(w.ino),
+                ),
+                None => (true, true),
             }
         };
+        if rebound && !unlinked {
+            tracing::warn!(key = %w.key, "the file's name now shows a directory another client made: storing the file at its key all the same");
+        }
         if unlinked {
             let mut u = upload;
             u.abort().await;
@@ -1867,6 +1873,12 @@ impl Fs {
         }
         let sent = upload.options().clone();
         match upload.finish().await {
+            Ok(f) if self.unlinked_meanwhile(w).await => {
+                tracing::info!(key = %w.key, size = f.size, "stored, but unlinked during the close: deleted");
+                self.untrack(w.fh);
+                w.state = WriteState::Done;
+                Ok(())
+            }
             Ok(f) => {
                 tracing::info!(key = %w.key, size = f.size, parts = f.parts, etag = %f.etag, "stored");
                 self.untrack(w.fh);
@@ -1910,6 +1922,30 @@ impl Fs {
                     }
                 }
                 Err(e.into())
+            }
+        }
+    }
+
+    /// After a close stored the file: whether it was unlinked while the
+    /// close was on its way. Then the object just stored is deleted again,
+    /// unless the name was given to a new file meanwhile (its own close
+    /// will replace the object). A failed delete is logged.
+    async fn unlinked_meanwhile(&self, w: &WriteHandle) -> bool {
+        let gone = {
+            let t = self.table();
+            match t.get(w.ino) {
+                Some(i) if i.unlinked => Some(t.child(i.parent, &i.name).is_none()),
+                _ => None,
+            }
+        };
+        match gone {
+            None => false,
+            Some(false) => true,
+            Some(true) => {
+                if let Err(e) = self.store.delete_object(&w.key).await {
+                    tracing::error!(key = %w.key, error = %e, "unlinked during its close, and the stored object could not be deleted");
+                }
+                true
             }
         }
     }
@@ -2138,16 +2174,32 @@ impl Fs {
         let local_only = child.as_ref().map(|c| c.local).unwrap_or(false);
         if let Some(c) = &child {
             self.settled(c.ino, |_| ()).await?;
+            // A close on its way sees it and deletes what it stores.
+            if let Some(i) = self.table().get_mut(c.ino) {
+                i.unlinked = true;
+            }
         }
         if !local_only {
-            if child.is_none() {
-                // Not known here: make sure it exists, for a correct ENOENT.
-                self.store.head_object(&key).await?;
+            let deleted = async {
+                if child.is_none() {
+                    // Not known here: make sure it exists, for a correct ENOENT.
+                    self.store.head_object(&key).await?;
+                }
+                self.store
+                    .delete_object(&key)
+                    .await
+                    .map_err(failed(&key, "unlink: deleting the object"))
             }
-            self.store
-                .delete_object(&key)
-                .await
-                .map_err(failed(&key, "unlink: deleting the object"))?;
+            .await;
+            if let Err(e) = deleted {
+                // Not unlinked after all: a close on its way stores the file.
+                if let Some(c) = &child {
+                    if let Some(i) = self.table().get_mut(c.ino) {
+                        i.unlinked = false;
+                    }
+                }
+                return Err(e);
+            }
         }
         self.table().remove_child(parent, name);
         Ok(())

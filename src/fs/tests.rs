@@ -933,3 +933,70 @@ async fn a_failed_append_leaves_the_file_as_it_was() {
         assert!(got == old, "{op:?}: read back {} bytes", got.len());
     }
 }
+
+/// Another client makes the name of a file being written here a
+/// directory (it stores `f/x`), and a listing shows it: the close still
+/// stores the file at its key and says so. It used to take the writer for
+/// unlinked, abort the upload and return success with nothing stored.
+#[tokio::test]
+async fn a_name_taken_by_a_directory_while_written_still_stores_the_file() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = Fs::new(store.clone(), cfg());
+    let (_, fh) = fs.create(ROOT, OsStr::new("f"), 0o644, 1).await.unwrap();
+    fs.write(fh, 0, b"bytes").await.unwrap();
+    store.insert_object("f/x", Bytes::from_static(b"x"), &PutOptions::default());
+    let listed = names(&fs, ROOT).await;
+    assert!(listed.contains(&"f".to_string()), "{listed:?}");
+    fs.flush(fh, 1).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        store.object("f").map(|o| o.body),
+        Some(Bytes::from_static(b"bytes")),
+        "a close that returned success stored the bytes"
+    );
+}
+
+/// unlink while the close is on its way to the server (a killed writer's
+/// release, then `rm`): the file stays removed; the object the close
+/// stored after the unlink's check is deleted.
+#[tokio::test]
+async fn unlink_during_a_close_stays_unlinked() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = Fs::new(store.clone(), cfg());
+    let (_, fh) = fs.create(ROOT, OsStr::new("f"), 0o644, 1).await.unwrap();
+    fs.write(fh, 0, b"bytes").await.unwrap();
+    store.delay(Op::PutObject, Duration::from_millis(300));
+    let closing = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.flush(fh, 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fs.unlink(ROOT, OsStr::new("f")).await.unwrap();
+    closing.await.unwrap().unwrap();
+    fs.release(fh).await.unwrap();
+    assert!(store.object("f").is_none(), "the unlinked file reappeared");
+    assert!(matches!(
+        fs.lookup(ROOT, OsStr::new("f")).await,
+        Err(FsError::NotFound)
+    ));
+}
+
+/// An unlink the server refuses unlinks nothing: the close that follows
+/// stores the file as if no unlink had been tried.
+#[tokio::test]
+async fn a_refused_unlink_does_not_cost_a_close_its_bytes() {
+    let store = Arc::new(MemoryStore::new());
+    store.insert_object("f", Bytes::from_static(b"old"), &PutOptions::default());
+    let fs = Fs::new(store.clone(), cfg());
+    let f = fs.lookup(ROOT, OsStr::new("f")).await.unwrap();
+    let fh = fs
+        .open(f.ino, libc::O_WRONLY | libc::O_TRUNC, 1)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"new").await.unwrap();
+    store.fail_all(Op::DeleteObject, "AccessDenied");
+    assert!(fs.unlink(ROOT, OsStr::new("f")).await.is_err());
+    fs.flush(fh, 1).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(store.object("f").unwrap().body, Bytes::from_static(b"new"));
+}
