@@ -840,10 +840,13 @@ impl Fs {
                         }
                     }
                     if let Some(u) = w.upload.as_mut() {
-                        u.truncate(size).await.map_err(|e| {
+                        if let Err(e) = u.truncate(size).await {
                             tracing::warn!(key = %w.key, size, error = %e, "truncate refused");
-                            FsError::from(e)
-                        })?;
+                            // As a refused write: the file is doomed, and its
+                            // close fails rather than store the old length.
+                            w.state = WriteState::Failed;
+                            return Err(e.into());
+                        }
                     }
                 }
                 None if size == inode.size => {}

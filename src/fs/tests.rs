@@ -1000,3 +1000,24 @@ async fn a_refused_unlink_does_not_cost_a_close_its_bytes() {
     fs.release(fh).await.unwrap();
     assert_eq!(store.object("f").unwrap().body, Bytes::from_static(b"new"));
 }
+
+/// A shrinking ftruncate into bytes already sent is refused, and, like a
+/// refused write, dooms the file: its close fails and nothing is stored,
+/// rather than a close that succeeds with the length the program tried
+/// to cut.
+#[tokio::test]
+async fn a_refused_truncate_fails_the_close() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = Fs::new(store.clone(), cfg());
+    let (f, fh) = fs.create(ROOT, OsStr::new("f"), 0o644, 1).await.unwrap();
+    let body = vec![1u8; 12 << 20];
+    fs.write(fh, 0, &body).await.unwrap();
+    let shrink = SetAttr {
+        size: Some(1 << 20),
+        ..SetAttr::default()
+    };
+    assert!(fs.setattr(f.ino, Some(fh), shrink).await.is_err());
+    assert!(fs.flush(fh, 1).await.is_err(), "the close reports it");
+    fs.release(fh).await.unwrap();
+    assert!(store.object("f").is_none(), "nothing stored");
+}
