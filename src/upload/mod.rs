@@ -567,7 +567,8 @@ impl Upload {
 
     /// Whether the multipart upload was started (its options are then fixed).
     pub fn is_multipart(&self) -> bool {
-        self.multipart
+        // A first part sent early (memory short) created the upload too.
+        self.multipart || self.held.as_ref().is_some_and(|h| !h.holds())
     }
 
     /// Bytes written so far (the file size).

@@ -592,3 +592,35 @@ async fn an_abort_during_create_leaves_no_upload() {
     assert!(store.uploads().is_empty(), "{:?}", store.uploads());
     assert_eq!(store.calls(Op::AbortMultipartUpload), 1);
 }
+
+/// A held first part sent early (memory short) created the multipart
+/// upload with the metadata known then: the upload says it is multipart,
+/// so the file system writes attributes changed later after it, instead
+/// of folding them into options that are never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_part_sent_early_makes_the_upload_multipart() {
+    let store = Arc::new(MemoryStore::new());
+    let c = budgeted(5 * MIB, 2, 15 * MIB);
+    let mut a = upload(&store, "a", c.clone());
+    let a_body = data(7 * MIB, 4);
+    a.write(0, &a_body).await.unwrap();
+    assert!(!a.is_multipart(), "part 1 held, nothing sent yet");
+    let mut b = upload(&store, "b", c.clone());
+    b.write(0, &data(MIB, 5)).await.unwrap();
+    let mut c3 = upload(&store, "c", c.clone());
+    c3.write(0, b"x").await.unwrap();
+    assert!(!a.holds_first_part(), "sent early");
+    assert!(a.is_multipart());
+    a.options_mut()
+        .metadata
+        .insert("mode".into(), "33152".into());
+    a.finish().await.unwrap();
+    b.finish().await.unwrap();
+    c3.finish().await.unwrap();
+    let o = store.object("a").unwrap();
+    assert!(o.body[..] == a_body[..]);
+    assert!(
+        !o.metadata.contains_key("mode"),
+        "options changed after the upload was created are not sent: why is_multipart must say so"
+    );
+}
