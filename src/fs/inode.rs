@@ -236,6 +236,9 @@ pub struct InodeTable {
     /// [`NEGATIVE_NAMES`]. A name that comes into the table leaves it.
     negative: lru::LruCache<(u64, String), Instant>,
     next_ino: u64,
+    /// Prefixes of directories being renamed: no file under one may start
+    /// being written until the rename ends (its key would be the old one).
+    renaming: Vec<String>,
 }
 
 /// Names the negative cache holds.
@@ -256,6 +259,7 @@ impl InodeTable {
                 std::num::NonZeroUsize::new(NEGATIVE_NAMES).expect("not zero"),
             ),
             next_ino: ROOT + 1,
+            renaming: Vec::new(),
         }
     }
 
@@ -506,6 +510,30 @@ impl InodeTable {
     }
 
     /// Whether a file under `prefix` is being written or not stored yet.
+    /// Marks the directory `prefix` as being renamed, unless a file under
+    /// it is being written (false). Checked and marked under the table's
+    /// lock, as writers check [`InodeTable::renaming_over`]: a rename and a
+    /// writer under it cannot both go ahead.
+    pub fn begin_rename(&mut self, prefix: &str) -> bool {
+        if self.busy_under(prefix) {
+            return false;
+        }
+        self.renaming.push(prefix.to_string());
+        true
+    }
+
+    /// The rename of `prefix` is over.
+    pub fn end_rename(&mut self, prefix: &str) {
+        if let Some(i) = self.renaming.iter().position(|p| p == prefix) {
+            self.renaming.swap_remove(i);
+        }
+    }
+
+    /// Whether `key` is under a directory being renamed.
+    pub fn renaming_over(&self, key: &str) -> bool {
+        self.renaming.iter().any(|p| key.starts_with(p.as_str()))
+    }
+
     pub fn busy_under(&self, prefix: &str) -> bool {
         self.inodes
             .values()

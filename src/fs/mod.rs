@@ -162,6 +162,19 @@ struct WriteHandle {
     stored_size: u64,
 }
 
+/// A directory rename in progress: its prefix is marked in the inode
+/// table until this is dropped, whatever way the rename ends.
+struct RenameMark<'a> {
+    fs: &'a Fs,
+    prefix: &'a str,
+}
+
+impl Drop for RenameMark<'_> {
+    fn drop(&mut self) {
+        self.fs.table().end_rename(self.prefix);
+    }
+}
+
 /// What an open file handle holds.
 enum Handle {
     Dir(Vec<DirEntry>),
@@ -1588,6 +1601,9 @@ impl Fs {
         let now = SystemTime::now();
         let (ino, attr) = {
             let mut t = self.table();
+            if t.renaming_over(&key) {
+                return Err(FsError::Busy("its directory is being renamed"));
+            }
             let ino = t.upsert_child(parent, name, Kind::File, |i| {
                 i.size = 0;
                 i.mtime = now;
@@ -1648,6 +1664,17 @@ impl Fs {
         self.settled(ino, |_| ()).await?;
         let trunc = flags & libc::O_TRUNC != 0 || inode.size == 0;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        {
+            // Marked a writer before anything else, so that a directory
+            // rename either sees it or is seen here.
+            let mut t = self.table();
+            if t.renaming_over(&inode.key) {
+                return Err(FsError::Busy("its directory is being renamed"));
+            }
+            if let Some(i) = t.get_mut(ino) {
+                i.writer = Some(fh);
+            }
+        }
         self.insert_handle(
             fh,
             Handle::Write(Box::new(WriteHandle {
@@ -1660,10 +1687,8 @@ impl Fs {
                 stored_size: inode.size,
             })),
         );
-        let mut t = self.table();
-        if let Some(i) = t.get_mut(ino) {
-            i.writer = Some(fh);
-            if trunc {
+        if trunc {
+            if let Some(i) = self.table().get_mut(ino) {
                 i.size = 0;
             }
         }
@@ -2080,6 +2105,9 @@ impl Fs {
         if self.table().child(parent, name).is_some() {
             return Err(FsError::Exists);
         }
+        if self.table().renaming_over(&key) {
+            return Err(FsError::Busy("its directory is being renamed"));
+        }
         let perm = (mode & 0o7777) as u16;
         let mut opts = PutOptions {
             content_type: Some(DIR_CONTENT_TYPE.into()),
@@ -2248,9 +2276,13 @@ impl Fs {
                 "a directory cannot move into itself".into(),
             ));
         }
-        if self.table().busy_under(&src.key) {
+        if !self.table().begin_rename(&src.key) {
             return Err(FsError::Busy("a file in the directory is being written"));
         }
+        let _renaming = RenameMark {
+            fs: self,
+            prefix: &src.key,
+        };
         // Attribute writes in flight under it end first (a copy made before
         // one lands would miss it; one landing after the delete would bring
         // the old key back).
@@ -2489,6 +2521,9 @@ impl Fs {
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
         }
+        if self.table().renaming_over(&key) {
+            return Err(FsError::Busy("its directory is being renamed"));
+        }
         let mut opts = PutOptions::default();
         let p = PosixMeta {
             perm: Some(perm),
@@ -2576,6 +2611,14 @@ impl Fs {
             return Err(FsError::Busy("file is being written"));
         }
         let dst_key = format!("{}{newname}", self.dir_key(newparent)?);
+        {
+            // A copy into (or out of) a directory being renamed would be
+            // left at its old prefix, or deleted with it.
+            let t = self.table();
+            if t.renaming_over(&dst_key) || t.renaming_over(&src.key) {
+                return Err(FsError::Busy("a directory on the way is being renamed"));
+            }
+        }
         match self.lookup(newparent, OsStr::new(newname)).await {
             Ok(_) if flags & libc::RENAME_NOREPLACE != 0 => return Err(FsError::Exists),
             Ok(a) if a.kind == Kind::Dir => return Err(FsError::IsDir),

@@ -1021,3 +1021,69 @@ async fn a_refused_truncate_fails_the_close() {
     fs.release(fh).await.unwrap();
     assert!(store.object("f").is_none(), "nothing stored");
 }
+
+/// A directory renamed while a file under it is open for writing: the
+/// close must not land at the old prefix (a key no name shows), nor may
+/// the rename's delete phase remove what the close stored. Either the
+/// rename waits or refuses, or the close follows the new name; the bytes
+/// written end up under exactly one name the mount shows.
+#[tokio::test]
+async fn renaming_a_directory_with_a_file_being_written() {
+    let store = Arc::new(MemoryStore::new());
+    store.insert_object("d/old", Bytes::from_static(b"o"), &PutOptions::default());
+    let fs = Fs::new(store.clone(), cfg());
+    let d = fs.lookup(ROOT, OsStr::new("d")).await.unwrap();
+    let (_, fh) = fs.create(d.ino, OsStr::new("f"), 0o644, 1).await.unwrap();
+    fs.write(fh, 0, b"bytes").await.unwrap();
+    let renamed = fs
+        .rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), 0)
+        .await;
+    fs.flush(fh, 1).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let keys = store.keys();
+    match renamed {
+        Ok(()) => assert_eq!(keys, ["e/f", "e/old"], "the close followed the rename"),
+        Err(e) => {
+            assert!(matches!(e, FsError::Busy(_)), "{e:?}");
+            assert_eq!(keys, ["d/f", "d/old"], "the rename was refused");
+        }
+    }
+}
+
+/// The same, with the file opened while the rename runs (its copies are
+/// slow): the new file's bytes end up under exactly one name the mount
+/// shows, or its creation is refused; never at the old prefix nor deleted
+/// by the rename's delete phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_created_while_its_directory_is_renamed() {
+    let store = Arc::new(MemoryStore::new());
+    store.insert_object("d/old", Bytes::from_static(b"o"), &PutOptions::default());
+    let fs = Fs::new(store.clone(), cfg());
+    let d = fs.lookup(ROOT, OsStr::new("d")).await.unwrap();
+    store.delay(Op::CopyObject, Duration::from_millis(300));
+    let renaming = {
+        let fs = fs.clone();
+        tokio::spawn(async move {
+            fs.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), 0)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let created = fs.create(d.ino, OsStr::new("f"), 0o644, 1).await;
+    let stored = match created {
+        Ok((_, fh)) => {
+            fs.write(fh, 0, b"bytes").await.unwrap();
+            let closed = fs.flush(fh, 1).await;
+            fs.release(fh).await.unwrap();
+            closed.is_ok()
+        }
+        Err(_) => false,
+    };
+    renaming.await.unwrap().unwrap();
+    let keys = store.keys();
+    if stored {
+        assert_eq!(keys, ["e/f", "e/old"], "the bytes are under the new name");
+    } else {
+        assert_eq!(keys, ["e/old"]);
+    }
+}
