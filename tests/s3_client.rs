@@ -123,17 +123,7 @@ async fn multipart_round_trip_with_list_parts_paging() {
     for n in [3u32, 1, 2] {
         let d = &parts_data[n as usize - 1];
         let etag = c
-            .upload_part(
-                &b,
-                key,
-                PartUpload {
-                    upload_id: &id,
-                    number: n,
-                    body: d.clone().into(),
-                    md5: None,
-                    sse: None,
-                },
-            )
+            .upload_part(&b, key, PartUpload::new(&id, n, d.clone().into()))
             .await
             .unwrap();
         assert_eq!(bare_etag(&etag), hex(&md5_of(d)));
@@ -191,34 +181,14 @@ async fn abort_removes_the_upload() {
         .create_multipart_upload(&b, "k", &PutOptions::default())
         .await
         .unwrap();
-    c.upload_part(
-        &b,
-        "k",
-        PartUpload {
-            upload_id: &id,
-            number: 1,
-            body: data(100, 6).into(),
-            md5: None,
-            sse: None,
-        },
-    )
-    .await
-    .unwrap();
+    c.upload_part(&b, "k", PartUpload::new(&id, 1, data(100, 6).into()))
+        .await
+        .unwrap();
     assert_eq!(c.list_uploads(&b, "").await.unwrap().len(), 1);
     c.abort_multipart_upload(&b, "k", &id).await.unwrap();
     assert!(c.list_uploads(&b, "").await.unwrap().is_empty());
     let e = c
-        .upload_part(
-            &b,
-            "k",
-            PartUpload {
-                upload_id: &id,
-                number: 2,
-                body: data(100, 7).into(),
-                md5: None,
-                sse: None,
-            },
-        )
+        .upload_part(&b, "k", PartUpload::new(&id, 2, data(100, 7).into()))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("NoSuchUpload"), "{e}");
@@ -580,13 +550,7 @@ async fn upload_part_copy_builds_an_object_from_ranges() {
         .upload_part(
             &b,
             "dst",
-            PartUpload {
-                upload_id: &id,
-                number: 3,
-                body: bytes::Bytes::from_static(b"!"),
-                md5: None,
-                sse: None,
-            },
+            PartUpload::new(&id, 3, bytes::Bytes::from_static(b"!")),
         )
         .await
         .unwrap();

@@ -35,17 +35,7 @@ async fn upload_in_parts(
         let n = i as u32 + 1;
         before(n);
         let etag = pc
-            .upload_part(
-                b,
-                key,
-                PartUpload {
-                    upload_id: &id,
-                    number: n,
-                    body: d.clone().into(),
-                    md5: None,
-                    sse: None,
-                },
-            )
+            .upload_part(b, key, PartUpload::new(&id, n, d.clone().into()))
             .await
             .unwrap_or_else(|e| panic!("part {n}: {e}"));
         assert_eq!(bare_etag(&etag), hex(&md5_of(d)), "part {n}");

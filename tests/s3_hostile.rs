@@ -194,13 +194,7 @@ fn a_part_etag_that_is_not_the_md5_is_refused() {
         .block_on(client(&s.url, 1).upload_part(
             "b",
             "k",
-            PartUpload {
-                upload_id: "u",
-                number: 1,
-                body: bytes::Bytes::from_static(b"body"),
-                md5: None,
-                sse: None,
-            },
+            PartUpload::new("u", 1, bytes::Bytes::from_static(b"body")),
         ))
         .unwrap_err();
     assert!(matches!(e, S3Error::EtagMismatch { .. }), "{e}");

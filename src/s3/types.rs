@@ -231,6 +231,20 @@ pub struct PartUpload<'a> {
     pub sse: Option<&'a Sse>,
 }
 
+impl<'a> PartUpload<'a> {
+    /// Part `number` of `upload_id` holding `body`, its MD5 computed by
+    /// the client, no customer key.
+    pub fn new(upload_id: &'a str, number: u32, body: bytes::Bytes) -> Self {
+        PartUpload {
+            upload_id,
+            number,
+            body,
+            md5: None,
+            sse: None,
+        }
+    }
+}
+
 /// One UploadPartCopy.
 #[derive(Debug, Clone)]
 pub struct PartCopy<'a> {
