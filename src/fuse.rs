@@ -5,7 +5,7 @@
 //! thread ever blocks on the network or on memory.
 
 use crate::fs::inode::Kind;
-use crate::fs::{Attr, Fs, FsError, SetAttr};
+use crate::fs::{Attr, Closer, Fs, FsError, SetAttr};
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
@@ -445,7 +445,7 @@ impl Filesystem for FuseFs {
         data: &[u8],
         write_flags: WriteFlags,
         _flags: OpenFlags,
-        _lock: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
@@ -466,7 +466,7 @@ impl Filesystem for FuseFs {
                         }
                     }
                 }
-                fs.write(fh.0, offset, &data).await
+                fs.write(fh.0, offset, &data, lock_owner.map(|o| o.0)).await
             },
             |n| reply.written(n)
         );
@@ -477,14 +477,17 @@ impl Filesystem for FuseFs {
         req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock: LockOwner,
+        lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let pid = req.pid();
+        let closer = Closer {
+            pid: req.pid(),
+            owner: Some(lock.0),
+        };
         run!(
             self,
             reply,
-            |fs: Arc<Fs>| async move { fs.flush(fh.0, pid).await },
+            |fs: Arc<Fs>| async move { fs.flush(fh.0, closer).await },
             |()| reply.ok()
         );
     }

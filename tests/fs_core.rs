@@ -127,7 +127,7 @@ async fn a_small_file_costs_one_put() {
         .create(fs.root(), OsStr::new("small"), 0o644, std::process::id())
         .await
         .unwrap();
-    fs.write(fh, 0, b"hello").await.unwrap();
+    fs.write(fh, 0, b"hello", None).await.unwrap();
     fs.flush(fh, std::process::id()).await.unwrap();
     fs.release(fh).await.unwrap();
     let after: Vec<u64> = [Op::PutObject, Op::CreateMultipartUpload, Op::UploadPart]
@@ -164,7 +164,7 @@ async fn creating_files_in_a_new_directory_costs_no_lookups() {
             .create(dir.ino, OsStr::new(&name), 0o644, pid)
             .await
             .unwrap();
-        fs.write(fh, 0, name.as_bytes()).await.unwrap();
+        fs.write(fh, 0, name.as_bytes(), None).await.unwrap();
         fs.flush(fh, pid).await.unwrap();
         fs.release(fh).await.unwrap();
         assert!(fs.lookup(dir.ino, OsStr::new(&name)).await.is_ok());

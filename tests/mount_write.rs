@@ -614,3 +614,40 @@ async fn writes_after_a_completion_fail_instead_of_dropping_bytes() {
     let got = c.get_object(&b, "duped", None, None).await.unwrap();
     assert!(got.body[..] == one[..], "the object is the 1 MiB written");
 }
+
+/// A mount whose daemon runs in another PID namespace (a daemon in a
+/// container: FUSE reports pid 0 for every process of this one), and a
+/// writer whose forked child closes its copy of the descriptor: the
+/// child's close must not complete the file early (the parent's next
+/// write then failed with EIO and the object held half the bytes). The
+/// close that completes is the one from the descriptor table that wrote
+/// first (FLUSH's lock owner), whatever the pids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_childs_close_completes_nothing_whatever_the_pids() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::in_pid_namespace(&b);
+    let script = format!(
+        "import os\n\
+         fd = os.open({f:?}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n\
+         os.write(fd, b'a')\n\
+         child = os.fork()\n\
+         if child == 0:\n    os.close(fd)\n    os._exit(0)\n\
+         os.waitpid(child, 0)\n\
+         os.write(fd, b'b')\n\
+         os.close(fd)\n",
+        f = m.path("f").display().to_string()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log()
+    );
+    let got = c.get_object(&b, "f", None, None).await.unwrap();
+    assert_eq!(&got.body[..], b"ab");
+}

@@ -160,6 +160,26 @@ struct WriteHandle {
     /// The stored object's size at open: what the file is again when the
     /// close fails (the object at the key is then unchanged).
     stored_size: u64,
+    /// The descriptor table (lock owner) of the first write that named
+    /// one: its close completes the file ([`Fs::flush`]).
+    writer_owner: Option<u64>,
+}
+
+/// Who closes a descriptor: the pid FUSE reports (0 from another PID
+/// namespace) and the descriptor table it closes from (FLUSH's lock
+/// owner, the same in every namespace; shared by threads and dups,
+/// another one after fork).
+#[derive(Debug, Clone, Copy)]
+pub struct Closer {
+    pub pid: u32,
+    pub owner: Option<u64>,
+}
+
+impl From<u32> for Closer {
+    /// A closer known by its pid alone.
+    fn from(pid: u32) -> Self {
+        Closer { pid, owner: None }
+    }
 }
 
 /// A directory rename in progress: its prefix is marked in the inode
@@ -1625,6 +1645,7 @@ impl Fs {
                 upload: Some(self.new_upload(key, ino)),
                 state: WriteState::Open,
                 stored_size: 0,
+                writer_owner: None,
             })),
         );
         Ok((attr, fh))
@@ -1685,6 +1706,7 @@ impl Fs {
                 upload: trunc.then(|| self.new_upload(inode.key.clone(), ino)),
                 state: WriteState::Open,
                 stored_size: inode.size,
+                writer_owner: None,
             })),
         );
         if trunc {
@@ -1754,13 +1776,23 @@ impl Fs {
         .map(|_| true)
     }
 
-    /// Writes into a file being uploaded.
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    /// Writes into a file being uploaded. `owner`: the writer's descriptor
+    /// table, when the kernel names it (direct-I/O writes do).
+    pub async fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        owner: Option<u64>,
+    ) -> FsResult<u32> {
         let h = self.handle(fh)?;
         let mut g = h.lock().await;
         let Handle::Write(w) = &mut *g else {
             return Err(FsError::BadHandle);
         };
+        if w.writer_owner.is_none() {
+            w.writer_owner = owner;
+        }
         if w.state == WriteState::Done && offset == 0 && w.upload.is_none() {
             // A shell redirection (`echo hi > f`) opens the file, dup2()s
             // the descriptor and closes the original: that close completed
@@ -1978,9 +2010,12 @@ impl Fs {
         }
     }
 
-    /// close(): the opener's close completes the upload and returns its
-    /// outcome; a close from another process (a forked child) does nothing.
-    pub async fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
+    /// close(): the close from the descriptor table that wrote first (or,
+    /// when no write named one, from the opener's process) completes the
+    /// upload and returns its outcome; a close from another table (a
+    /// forked child's copy) does nothing.
+    pub async fn flush(&self, fh: u64, closer: impl Into<Closer>) -> FsResult<()> {
+        let Closer { pid, owner } = closer.into();
         let h = self.handle(fh)?;
         let mut g = h.lock().await;
         let Handle::Write(w) = &mut *g else {
@@ -1993,9 +2028,18 @@ impl Fs {
         if w.state != WriteState::Open {
             return Ok(());
         }
-        let caller = tgid_of(pid).unwrap_or(pid);
-        if w.opener_tgid.is_some() && w.opener_tgid != Some(caller) {
-            tracing::debug!(key = %w.key, pid, "close from another process: not completing");
+        // The descriptor table that wrote first closes: not a forked
+        // child's copy, in any PID namespace. Without one (writes through
+        // the page cache name none), the opener's process by its pid.
+        let other = match (w.writer_owner, owner) {
+            (Some(wrote), Some(closing)) => wrote != closing,
+            _ => {
+                let caller = tgid_of(pid).unwrap_or(pid);
+                w.opener_tgid.is_some() && w.opener_tgid != Some(caller)
+            }
+        };
+        if other {
+            tracing::debug!(key = %w.key, pid, ?owner, "close from another process: not completing");
             return Ok(());
         }
         self.complete(w).await

@@ -750,7 +750,7 @@ async fn a_stale_not_found_does_not_hide_a_file_stored_here() {
     }
     store.delay(Op::HeadObject, Duration::ZERO);
     let (_, fh) = fs.create(d, OsStr::new("new"), 0o644, 1).await.unwrap();
-    fs.write(fh, 0, b"abc").await.unwrap();
+    fs.write(fh, 0, b"abc", None).await.unwrap();
     fs.flush(fh, 1).await.unwrap();
     fs.release(fh).await.unwrap();
     let seen = looking.await.unwrap();
@@ -902,7 +902,7 @@ async fn a_failed_append_leaves_the_file_as_it_was() {
             .open(f.ino, libc::O_WRONLY | libc::O_APPEND, 1)
             .await
             .unwrap();
-        let w = fs.write(fh, size as u64, b"more").await;
+        let w = fs.write(fh, size as u64, b"more", None).await;
         let closed = match w {
             Ok(_) => fs.flush(fh, 1).await,
             Err(e) => Err(e),
@@ -943,7 +943,7 @@ async fn a_name_taken_by_a_directory_while_written_still_stores_the_file() {
     let store = Arc::new(MemoryStore::new());
     let fs = Fs::new(store.clone(), cfg());
     let (_, fh) = fs.create(ROOT, OsStr::new("f"), 0o644, 1).await.unwrap();
-    fs.write(fh, 0, b"bytes").await.unwrap();
+    fs.write(fh, 0, b"bytes", None).await.unwrap();
     store.insert_object("f/x", Bytes::from_static(b"x"), &PutOptions::default());
     let listed = names(&fs, ROOT).await;
     assert!(listed.contains(&"f".to_string()), "{listed:?}");
@@ -964,7 +964,7 @@ async fn unlink_during_a_close_stays_unlinked() {
     let store = Arc::new(MemoryStore::new());
     let fs = Fs::new(store.clone(), cfg());
     let (_, fh) = fs.create(ROOT, OsStr::new("f"), 0o644, 1).await.unwrap();
-    fs.write(fh, 0, b"bytes").await.unwrap();
+    fs.write(fh, 0, b"bytes", None).await.unwrap();
     store.delay(Op::PutObject, Duration::from_millis(300));
     let closing = {
         let fs = fs.clone();
@@ -993,7 +993,7 @@ async fn a_refused_unlink_does_not_cost_a_close_its_bytes() {
         .open(f.ino, libc::O_WRONLY | libc::O_TRUNC, 1)
         .await
         .unwrap();
-    fs.write(fh, 0, b"new").await.unwrap();
+    fs.write(fh, 0, b"new", None).await.unwrap();
     store.fail_all(Op::DeleteObject, "AccessDenied");
     assert!(fs.unlink(ROOT, OsStr::new("f")).await.is_err());
     fs.flush(fh, 1).await.unwrap();
@@ -1011,7 +1011,7 @@ async fn a_refused_truncate_fails_the_close() {
     let fs = Fs::new(store.clone(), cfg());
     let (f, fh) = fs.create(ROOT, OsStr::new("f"), 0o644, 1).await.unwrap();
     let body = vec![1u8; 12 << 20];
-    fs.write(fh, 0, &body).await.unwrap();
+    fs.write(fh, 0, &body, None).await.unwrap();
     let shrink = SetAttr {
         size: Some(1 << 20),
         ..SetAttr::default()
@@ -1034,7 +1034,7 @@ async fn renaming_a_directory_with_a_file_being_written() {
     let fs = Fs::new(store.clone(), cfg());
     let d = fs.lookup(ROOT, OsStr::new("d")).await.unwrap();
     let (_, fh) = fs.create(d.ino, OsStr::new("f"), 0o644, 1).await.unwrap();
-    fs.write(fh, 0, b"bytes").await.unwrap();
+    fs.write(fh, 0, b"bytes", None).await.unwrap();
     let renamed = fs
         .rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), 0)
         .await;
@@ -1072,7 +1072,7 @@ async fn a_file_created_while_its_directory_is_renamed() {
     let created = fs.create(d.ino, OsStr::new("f"), 0o644, 1).await;
     let stored = match created {
         Ok((_, fh)) => {
-            fs.write(fh, 0, b"bytes").await.unwrap();
+            fs.write(fh, 0, b"bytes", None).await.unwrap();
             let closed = fs.flush(fh, 1).await;
             fs.release(fh).await.unwrap();
             closed.is_ok()

@@ -34,7 +34,18 @@ impl Mounted {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("mnt");
         std::fs::create_dir(&dir).unwrap();
-        Self::spawn(target, args, env, tmp, dir)
+        Self::spawn(target, args, env, tmp, dir, &[])
+    }
+
+    /// Mounts `target` with the daemon in a PID namespace of its own (as
+    /// in a container): the processes of this one are not in it, so FUSE
+    /// reports their pid as 0.
+    pub fn in_pid_namespace(target: &str) -> Mounted {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).unwrap();
+        let wrap = ["unshare", "--pid", "--fork", "--kill-child"];
+        Self::spawn(target, &[], &[], tmp, dir, &wrap)
     }
 
     /// Mounts `target` on an existing directory (which may hold a dead mount).
@@ -50,6 +61,7 @@ impl Mounted {
             &[],
             tempfile::tempdir().unwrap(),
             dir.to_path_buf(),
+            &[],
         )
     }
 
@@ -59,9 +71,18 @@ impl Mounted {
         env: &[(&str, &str)],
         tmp: tempfile::TempDir,
         dir: PathBuf,
+        wrapper: &[&str],
     ) -> Mounted {
         let log = tmp.path().join("bucketfs.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bucketfs"));
+        let bin = env!("CARGO_BIN_EXE_bucketfs");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("mount")
             .arg(target)
             .arg(&dir)
