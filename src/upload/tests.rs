@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::s3::memory::MemoryStore;
-use crate::s3::{hex, Op};
+use crate::s3::{bare_etag, hex, multipart_etag, Op};
 use std::time::Duration;
 use tokio::task::JoinSet;
 
