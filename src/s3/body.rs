@@ -71,3 +71,57 @@ pub(super) async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Byte
     }
     Bytes::from(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Large pieces of a body are kept as they are (the very bytes, no
+    /// copy); small ones are copied together into buffers of at most 1 MiB,
+    /// so a body delivered a few KiB at a time pins no more memory than it
+    /// holds; the pieces in order are the body.
+    #[test]
+    fn small_pieces_are_gathered_large_ones_kept() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut sizes = vec![10_240; 5];
+        sizes.extend([200 * 1024, 3, 130 * 1024, 1]);
+        sizes.extend(std::iter::repeat_n(4096, 600)); // 2.3 MiB in 4 KiB pieces
+        sizes.push(Pieces::KEEP);
+        sizes.push(Pieces::KEEP - 1);
+        let input: Vec<Bytes> = sizes
+            .iter()
+            .map(|&n| {
+                let mut v = vec![0u8; n];
+                rng.fill(&mut v);
+                Bytes::from(v)
+            })
+            .collect();
+        let total: usize = sizes.iter().sum();
+        let mut p = Pieces::new(total as u64);
+        for piece in &input {
+            p.push(piece.clone());
+            p.push(Bytes::new());
+        }
+        let out = p.finish();
+        let joined: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        let expected: Vec<u8> = input.iter().flat_map(|b| b.iter().copied()).collect();
+        assert!(joined == expected, "the pieces are the body");
+        for b in &out {
+            let kept = input
+                .iter()
+                .any(|i| i.as_ptr() == b.as_ptr() && i.len() == b.len());
+            if b.len() >= Pieces::KEEP && input.iter().any(|i| i.as_ptr() == b.as_ptr()) {
+                assert!(kept, "a large piece is kept whole");
+            } else {
+                assert!(!kept, "a small piece is copied ({} bytes)", b.len());
+                assert!(b.len() <= Pieces::GATHER, "gathered {} bytes", b.len());
+            }
+        }
+        let kept = out
+            .iter()
+            .filter(|b| b.len() >= Pieces::KEEP && input.iter().any(|i| i.as_ptr() == b.as_ptr()))
+            .count();
+        assert_eq!(kept, 3, "200 KiB, 130 KiB and KEEP bytes are kept");
+        assert!(out.len() <= 9, "{} pieces: small ones gathered", out.len());
+    }
+}

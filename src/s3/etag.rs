@@ -51,3 +51,34 @@ pub fn quote_etag(etag: &str) -> String {
     let bare = etag.trim().trim_matches('"');
     format!("\"{bare}\"")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_md5_round_trips() {
+        let m = md5_of(b"abc");
+        assert_eq!(parse_hex_md5(&hex(&m)), Some(m));
+        assert_eq!(parse_hex_md5("xyz"), None);
+        assert_eq!(parse_hex_md5(&"g".repeat(32)), None);
+        assert_eq!(parse_hex_md5(&format!("{}-2", &hex(&m)[..30])), None);
+    }
+
+    #[test]
+    fn multipart_etag_matches_s3_rule() {
+        // Two parts "a" and "b": md5(md5("a") ++ md5("b")) - 2
+        let e = multipart_etag(&[md5_of(b"a"), md5_of(b"b")]);
+        let mut cat = Vec::new();
+        cat.extend_from_slice(&md5_of(b"a"));
+        cat.extend_from_slice(&md5_of(b"b"));
+        assert_eq!(e, format!("{}-2", hex(&md5_of(&cat))));
+    }
+
+    #[test]
+    fn quote_etag_quotes_once() {
+        assert_eq!(quote_etag("abc"), "\"abc\"");
+        assert_eq!(quote_etag("\"abc\""), "\"abc\"");
+        assert_eq!(quote_etag(" abc-2 "), "\"abc-2\"");
+    }
+}

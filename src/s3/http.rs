@@ -782,9 +782,6 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
-    use super::super::etag::*;
-    use super::super::ops::{checked_etag, sse_headers};
-    use super::super::types::*;
     use super::*;
 
     /// At most [`MAX_HEDGES`] hedges at once; a finished one gives its
@@ -801,85 +798,6 @@ mod tests {
         assert_eq!(n.load(Ordering::Relaxed), 0);
     }
 
-    /// Large pieces of a body are kept as they are (the very bytes, no
-    /// copy); small ones are copied together into buffers of at most 1 MiB,
-    /// so a body delivered a few KiB at a time pins no more memory than it
-    /// holds; the pieces in order are the body.
-    #[test]
-    fn small_pieces_are_gathered_large_ones_kept() {
-        let mut rng = fastrand::Rng::with_seed(11);
-        let mut sizes = vec![10_240; 5];
-        sizes.extend([200 * 1024, 3, 130 * 1024, 1]);
-        sizes.extend(std::iter::repeat_n(4096, 600)); // 2.3 MiB in 4 KiB pieces
-        sizes.push(Pieces::KEEP);
-        sizes.push(Pieces::KEEP - 1);
-        let input: Vec<Bytes> = sizes
-            .iter()
-            .map(|&n| {
-                let mut v = vec![0u8; n];
-                rng.fill(&mut v);
-                Bytes::from(v)
-            })
-            .collect();
-        let total: usize = sizes.iter().sum();
-        let mut p = Pieces::new(total as u64);
-        for piece in &input {
-            p.push(piece.clone());
-            p.push(Bytes::new());
-        }
-        let out = p.finish();
-        let joined: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
-        let expected: Vec<u8> = input.iter().flat_map(|b| b.iter().copied()).collect();
-        assert!(joined == expected, "the pieces are the body");
-        for b in &out {
-            let kept = input
-                .iter()
-                .any(|i| i.as_ptr() == b.as_ptr() && i.len() == b.len());
-            if b.len() >= Pieces::KEEP && input.iter().any(|i| i.as_ptr() == b.as_ptr()) {
-                assert!(kept, "a large piece is kept whole");
-            } else {
-                assert!(!kept, "a small piece is copied ({} bytes)", b.len());
-                assert!(b.len() <= Pieces::GATHER, "gathered {} bytes", b.len());
-            }
-        }
-        let kept = out
-            .iter()
-            .filter(|b| b.len() >= Pieces::KEEP && input.iter().any(|i| i.as_ptr() == b.as_ptr()))
-            .count();
-        assert_eq!(kept, 3, "200 KiB, 130 KiB and KEEP bytes are kept");
-        assert!(out.len() <= 9, "{} pieces: small ones gathered", out.len());
-    }
-
-    /// The encryption headers each kind of SSE puts on a write.
-    #[test]
-    fn sse_headers_name_the_kind() {
-        let sent = |sse: Sse| {
-            let r = Request::new(Op::PutObject, Method::PUT, "b", Some("k"));
-            sse_headers(r, Some(&sse), false).headers
-        };
-        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
-        assert_eq!(
-            sent(Sse::Aes256),
-            [pair("x-amz-server-side-encryption", "AES256")]
-        );
-        assert_eq!(
-            sent(Sse::Kms {
-                key_id: Some("k1".into()),
-                dsse: false
-            }),
-            [
-                pair("x-amz-server-side-encryption", "aws:kms"),
-                pair("x-amz-server-side-encryption-aws-kms-key-id", "k1")
-            ]
-        );
-        assert_eq!(
-            sent(Sse::Kms {
-                key_id: None,
-                dsse: true
-            }),
-            [pair("x-amz-server-side-encryption", "aws:kms:dsse")]
-        );
-    }
     use crate::s3::config::{parse_endpoint, PayloadSigning};
 
     fn client(endpoint: &str, path_style: bool) -> Client {
@@ -929,57 +847,5 @@ mod tests {
             assert!(c.target("b", Some(k)).is_ok(), "{k}");
         }
         assert!(c.target("b", Some("")).is_err());
-    }
-
-    #[test]
-    fn hex_md5_round_trips() {
-        let m = md5_of(b"abc");
-        assert_eq!(parse_hex_md5(&hex(&m)), Some(m));
-        assert_eq!(parse_hex_md5("xyz"), None);
-        assert_eq!(parse_hex_md5(&"g".repeat(32)), None);
-        assert_eq!(parse_hex_md5(&format!("{}-2", &hex(&m)[..30])), None);
-    }
-
-    #[test]
-    fn multipart_etag_matches_s3_rule() {
-        // Two parts "a" and "b": md5(md5("a") ++ md5("b")) - 2
-        let e = multipart_etag(&[md5_of(b"a"), md5_of(b"b")]);
-        let mut cat = Vec::new();
-        cat.extend_from_slice(&md5_of(b"a"));
-        cat.extend_from_slice(&md5_of(b"b"));
-        assert_eq!(e, format!("{}-2", hex(&md5_of(&cat))));
-    }
-
-    #[test]
-    fn etag_check_and_sse_exception() {
-        let m = md5_of(b"hello");
-        let answer = |etag: &str, extra: Option<(&'static str, &str)>| {
-            let mut h = HeaderMap::new();
-            h.insert("etag", etag.parse().unwrap());
-            if let Some((k, v)) = extra {
-                h.insert(k, v.parse().unwrap());
-            }
-            h
-        };
-        let good = format!("\"{}\"", hex(&m).to_uppercase());
-        assert_eq!(
-            checked_etag(String::new, &answer(&good, None), &m, None).unwrap(),
-            good
-        );
-        let bad = answer("\"deadbeef\"", None);
-        assert!(checked_etag(String::new, &bad, &m, None).is_err());
-        assert!(checked_etag(String::new, &bad, &m, Some(&Sse::Aes256)).is_err());
-        let kms = Sse::Kms {
-            key_id: None,
-            dsse: false,
-        };
-        assert!(checked_etag(String::new, &bad, &m, Some(&kms)).is_ok());
-        // The answer says the object was stored encrypted (a bucket default,
-        // a vendor's SSE): an ETag that is not the MD5 is not judged.
-        let enc = answer(
-            "\"deadbeef\"",
-            Some(("x-amz-server-side-encryption", "AES256")),
-        );
-        assert!(checked_etag(String::new, &enc, &m, None).is_ok());
     }
 }

@@ -620,3 +620,72 @@ fn source_conditions<'a>(r: Request<'a>, src: &Source<'_>) -> Request<'a> {
 fn copy_source(bucket: &str, key: &str) -> String {
     format!("/{}/{}", bucket, sigv4::uri_encode(key, false))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The encryption headers each kind of SSE puts on a write.
+    #[test]
+    fn sse_headers_name_the_kind() {
+        let sent = |sse: Sse| {
+            let r = Request::new(Op::PutObject, Method::PUT, "b", Some("k"));
+            sse_headers(r, Some(&sse), false).headers
+        };
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            sent(Sse::Aes256),
+            [pair("x-amz-server-side-encryption", "AES256")]
+        );
+        assert_eq!(
+            sent(Sse::Kms {
+                key_id: Some("k1".into()),
+                dsse: false
+            }),
+            [
+                pair("x-amz-server-side-encryption", "aws:kms"),
+                pair("x-amz-server-side-encryption-aws-kms-key-id", "k1")
+            ]
+        );
+        assert_eq!(
+            sent(Sse::Kms {
+                key_id: None,
+                dsse: true
+            }),
+            [pair("x-amz-server-side-encryption", "aws:kms:dsse")]
+        );
+    }
+
+    #[test]
+    fn etag_check_and_sse_exception() {
+        let m = md5_of(b"hello");
+        let answer = |etag: &str, extra: Option<(&'static str, &str)>| {
+            let mut h = HeaderMap::new();
+            h.insert("etag", etag.parse().unwrap());
+            if let Some((k, v)) = extra {
+                h.insert(k, v.parse().unwrap());
+            }
+            h
+        };
+        let good = format!("\"{}\"", hex(&m).to_uppercase());
+        assert_eq!(
+            checked_etag(String::new, &answer(&good, None), &m, None).unwrap(),
+            good
+        );
+        let bad = answer("\"deadbeef\"", None);
+        assert!(checked_etag(String::new, &bad, &m, None).is_err());
+        assert!(checked_etag(String::new, &bad, &m, Some(&Sse::Aes256)).is_err());
+        let kms = Sse::Kms {
+            key_id: None,
+            dsse: false,
+        };
+        assert!(checked_etag(String::new, &bad, &m, Some(&kms)).is_ok());
+        // The answer says the object was stored encrypted (a bucket default,
+        // a vendor's SSE): an ETag that is not the MD5 is not judged.
+        let enc = answer(
+            "\"deadbeef\"",
+            Some(("x-amz-server-side-encryption", "AES256")),
+        );
+        assert!(checked_etag(String::new, &enc, &m, None).is_ok());
+    }
+}
