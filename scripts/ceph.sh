@@ -140,11 +140,12 @@ our_pids() {
 
 # stop_pids PID...: TERM to these processes, KILL to those still running
 # after STOP_TIMEOUT seconds.
-stop_pids() {
-    local pid i alive
-    [[ $# -gt 0 ]] || return 0
-    kill -TERM "$@" 2>/dev/null || true
-    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+# gone_within TENTHS PID...: true once none of these processes runs, checked
+# every 0.1 s for at most TENTHS tenths of a second.
+gone_within() {
+    local tenths="$1" pid i alive
+    shift
+    for ((i = 0; i < tenths; i++)); do
         alive=""
         for pid in "$@"; do
             pid_alive "$pid" && alive=1
@@ -152,19 +153,20 @@ stop_pids() {
         [[ -n "$alive" ]] || return 0
         sleep 0.1
     done
+    return 1
+}
+
+stop_pids() {
+    local pid
+    [[ $# -gt 0 ]] || return 0
+    kill -TERM "$@" 2>/dev/null || true
+    gone_within $((STOP_TIMEOUT * 10)) "$@" && return 0
     for pid in "$@"; do
         pid_alive "$pid" || continue
         log "pid $pid ($({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | cut -c1-60)) ignored TERM for ${STOP_TIMEOUT}s; sending KILL"
         kill -KILL "$pid" 2>/dev/null || true
     done
-    for ((i = 0; i < 50; i++)); do
-        alive=""
-        for pid in "$@"; do
-            pid_alive "$pid" && alive=1
-        done
-        [[ -n "$alive" ]] || return 0
-        sleep 0.1
-    done
+    gone_within 50 "$@" && return 0
     die "processes of $state still running after KILL: $*"
 }
 
