@@ -651,3 +651,44 @@ async fn a_forked_childs_close_completes_nothing_whatever_the_pids() {
     let got = c.get_object(&b, "f", None, None).await.unwrap();
     assert_eq!(&got.body[..], b"ab");
 }
+
+/// Two odd orders of a real program, checked through S3: a shrinking
+/// ftruncate into bytes already sent is refused and fails the close (no
+/// object, rather than one at the length the program tried to cut); and a
+/// file whose name another client turns into a directory while it is
+/// written (it stores `name/x`, and a listing here shows it) is still
+/// stored by its close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_truncate_and_a_name_taken_by_a_directory() {
+    use std::os::unix::fs::FileExt;
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+
+    let f = std::fs::File::create(m.path("cut")).unwrap();
+    f.write_all_at(&data(20 * MIB, 21), 0).unwrap();
+    let e = f.set_len(MIB as u64).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    let e = f.sync_all().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    drop(f);
+    assert!(c
+        .head_object(&b, "cut", None)
+        .await
+        .unwrap_err()
+        .is_not_found());
+
+    let body = data(MIB, 22);
+    let f = std::fs::File::create(m.path("taken")).unwrap();
+    f.write_all_at(&body, 0).unwrap();
+    put(&c, &b, "taken/x", b"x").await;
+    std::thread::sleep(Duration::from_millis(1200));
+    let names: Vec<String> = std::fs::read_dir(&m.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"taken".to_string()), "{names:?}");
+    drop(f);
+    let got = c.get_object(&b, "taken", None, None).await.unwrap();
+    assert!(got.body[..] == body[..], "the close stored the bytes");
+}
