@@ -3,7 +3,7 @@
 # boto3 on one throw-away Garage, in one run, so the ratios compare.
 #
 #   scripts/bench.sh [--quick] [--only bucketfs,bucketfs-signed,s3fs,rclone,boto3,floor]
-#                    [--workloads write,read,cpr,rsync,list,write3g,retries]
+#                    [--workloads write,read,cpr,rsync,list,write3g,retries,zip,inplace,sqlite]
 #
 # Workloads (each in a fresh mount; sources read from the page cache):
 #   write 1G   cp of a 1 GiB file into the mount  (boto3: upload_file, 8 MiB parts, 4 threads)
@@ -14,6 +14,15 @@
 #   list       a directory of 10,000 objects on a fresh mount: ls -l, and find
 #              (bucketfs-listing: ls -l again with --attrs-from-listing, no
 #              HEAD per object)
+#   zip -r     zip -r -0 of a 1 GiB tree (12 files of 80 MiB, 200 of 4 KiB):
+#              Info-ZIP seeks back to patch each entry's header
+#   inplace    rsync -I --inplace --no-whole-file of the 1 GiB file with 1 MiB
+#              changed in its middle, onto the copy the write workload stored;
+#              "local rsync --inplace" is the same between two local files
+#              (the target: bucketfs <= 1.1 x (read 1G + local rsync))
+#   sqlite     python's sqlite3 in the mount: 20,000 rows inserted in one
+#              transaction, then 2,000 autocommit inserts (a journal and an
+#              fsync each)
 #   write 3G   bucketfs only: peak RSS against the 1 GiB copy
 #   bucketfs-signed: the 1 GiB write again with --payload-signing signed
 #   (SHA-256 of every body) against the default UNSIGNED-PAYLOAD + Content-MD5
@@ -46,7 +55,7 @@ cd "$BUCKETFS_REPO"
 
 only="bucketfs,bucketfs-signed,s3fs,rclone,boto3,floor"
 big=$((1024 * 1024 * 1024))
-workloads="write,read,cpr,rsync,list,write3g,retries"
+workloads="write,read,cpr,rsync,list,write3g,retries,zip,inplace,sqlite"
 while (($#)); do
     case "$1" in
         --quick) big=$((256 * 1024 * 1024)) ;;
@@ -101,6 +110,16 @@ if does write3g && wants bucketfs; then
     for _ in 1 2 3; do cat "$src/big"; done >"$src/big3"
 fi
 for i in $(seq -w 1 500); do head -c 4096 /dev/urandom >"$src/small/f$i"; done
+if does zip; then
+    mkdir -p "$src/tree/small"
+    for i in $(seq -w 1 12); do head -c $((big / 1024 * 80 / 1024)) /dev/urandom >"$src/tree/f$i"; done
+    for i in $(seq -w 1 200); do head -c 4096 /dev/urandom >"$src/tree/small/s$i"; done
+    (cd "$src" && zip -q -r -0 "$work/ref.zip" tree)
+fi
+if does inplace; then
+    cp "$src/big" "$src/big.changed"
+    head -c $((1024 * 1024)) /dev/urandom | dd of="$src/big.changed" bs=1M seek=$((big / 2 / 1024 / 1024)) conv=notrunc status=none
+fi
 # A fresh Garage spends ~40% more CPU on its first GiB (it creates its block
 # directories): one unmeasured upload first, so whichever tool comes first
 # is not penalized.
@@ -194,6 +213,7 @@ now() { date +%s.%N; }
 # workload are flushed, so no tool pays for another's disk writeback.
 warm_sources() {
     cat "$src"/big "$src"/small/* >/dev/null
+    if [[ -d "$src/tree" ]]; then cat "$src"/tree/f* >/dev/null; fi
     sync
 }
 
@@ -260,6 +280,15 @@ if does list; then
     py fill bench-list big/ 10000
 fi
 lines_ok() { [[ "$(wc -l <"$work/out")" == "$1" ]]; }
+zip_ok() { [[ "$(py size "$1" tree.zip)" == "$(stat -c %s "$work/ref.zip")" ]]; }
+db_ok() { [[ "$(py size "$1" "$2")" -gt 100000 ]]; }
+sqlite_bulk='import sqlite3; d = sqlite3.connect("bulk.db"); d.execute("create table t (id integer primary key, v text)")
+with d: d.executemany("insert into t (v) values (?)", ((f"row {i} " * 8,) for i in range(20000)))
+assert d.execute("pragma integrity_check").fetchone()[0] == "ok"'
+sqlite_auto='import sqlite3; d = sqlite3.connect("auto.db", isolation_level=None); d.execute("create table t (id integer primary key, v text)")
+for i in range(2000): d.execute("insert into t (v) values (?)", (f"row {i} " * 8,))
+assert d.execute("pragma integrity_check").fetchone()[0] == "ok"'
+
 sent_nothing() { grep -q "Number of regular files transferred: 0" "$work/out"; }
 
 for tool in bucketfs s3fs rclone; do
@@ -287,6 +316,19 @@ for tool in bucketfs s3fs rclone; do
         # A fresh mount, the same rsync: its quick check must send nothing.
         mount_run "$tool" "$b" "rsync -a again" sent_nothing -- rsync -a --stats "$src/small/" rs/
     fi
+    if does zip; then
+        mount_run "$tool" "$b" "zip -r 1G tree" "zip_ok $b" -- sh -c "cd '$src' && zip -q -r -0 '$mnt/tree.zip' tree"
+    fi
+    if does inplace; then
+        if ! does write && ! does read; then
+            mount_run "$tool" "$b" "write 1G" "big_ok $b" -- cp "$src/big" big
+        fi
+        mount_run "$tool" "$b" "rsync --inplace 1G, 1M changed" "big_ok $b" -- rsync -I --inplace --no-whole-file "$src/big.changed" big
+    fi
+    if does sqlite; then
+        mount_run "$tool" "$b" "sqlite 20k rows, 1 transaction" "db_ok $b bulk.db" -- python3 -c "$sqlite_bulk"
+        mount_run "$tool" "$b" "sqlite 2k autocommit inserts" "db_ok $b auto.db" -- python3 -c "$sqlite_auto"
+    fi
     if [[ "$tool" == bucketfs ]] && does write3g; then
         mount_run "$tool" "$b" "write 3G" "[[ \"\$(py size $b big3)\" == $((3 * big)) ]]" -- cp "$src/big3" big3
     fi
@@ -310,6 +352,18 @@ if wants floor && { does cpr || does rsync || does list; }; then
     if does cpr; then floor_run "cp -r 500x4K" bench-floor puts 500; fi
     if does rsync; then floor_run "rsync -a 500x4K" bench-floor rsync 500; fi
     if does list; then floor_run "ls -l 10k" bench-list heads big/ 64; fi
+fi
+
+if does inplace; then
+    # What rsync --inplace costs between two local files (it reads the whole
+    # old file to find what changed): with "read 1G", the target's sum.
+    cp "$src/big" "$work/big.local"
+    warm_sources
+    t0="$(now)"
+    rsync -I --inplace --no-whole-file "$src/big.changed" "$work/big.local"
+    t1="$(now)"
+    record "rsync --inplace 1G, 1M changed|local rsync --inplace|$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')|-|-|0|floor"
+    rm -f "$work/big.local"
 fi
 
 # boto3's read needs its write: either workload runs both.

@@ -26,6 +26,7 @@ SERVERS="${BUCKETFS_TEST_SERVERS:-garage ceph seaweedfs}"
 PORTABLE_TESTS=(
     --test conformance --test s3_client --test uploads_cli
     --test mount_write --test mount_rename --test mount_metadata --test mount_buffers
+    --test mount_edit
 )
 # Tests of a dead server: they start (and kill) a Garage of their own.
 OWN_GARAGE_TESTS=(
@@ -86,6 +87,15 @@ cargo_args() {
     fi
 }
 
+# The randomized write test runs a fixed seed; in CI the Garage pass runs a
+# fresh one as well, printed here so that a failure can be replayed
+# (BUCKETFS_FUZZ_SEED=N scripts/test.sh).
+fuzz_seed="${BUCKETFS_FUZZ_SEED:-}"
+if [[ -z "$fuzz_seed" && "${CI:-}" == true ]]; then
+    fuzz_seed="$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')"
+fi
+[[ -z "$fuzz_seed" ]] || log "randomized write test: extra seed $fuzz_seed (BUCKETFS_FUZZ_SEED)"
+
 rc=0
 for server in $SERVERS; do
     state="$(mktemp -d "${TMPDIR:-/tmp}/bucketfs-$server.XXXXXX")"
@@ -96,6 +106,11 @@ for server in $SERVERS; do
         # shellcheck source=/dev/null
         source "$state/env"
         export BUCKETFS_TEST_SERVER="$server"
+        if [[ "$server" == garage && -n "$fuzz_seed" ]]; then
+            export BUCKETFS_FUZZ_SEED="$fuzz_seed"
+        else
+            unset BUCKETFS_FUZZ_SEED
+        fi
         log "pass on $server at $AWS_ENDPOINT_URL (bucket $BUCKETFS_TEST_BUCKET, state $state)"
         mapfile -d '' args < <(cargo_args "$server" "$@")
         cargo test "${args[@]}"

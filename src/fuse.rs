@@ -29,6 +29,33 @@ pub struct FuseFs {
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// Read-only handles are direct I/O (decided at init, see [`fopen_flags`]).
     direct_reads: bool,
+    /// Page ranges to drop from the kernel's cache, sent by a thread of
+    /// their own: an invalidation waits for page locks, which a writer
+    /// holds until its next WRITE is answered, so it must never block a
+    /// worker that would answer it.
+    stale: std::sync::mpsc::Sender<(INodeNo, i64, i64)>,
+}
+
+/// Starts the thread that sends page invalidations, in order.
+fn invalidator(
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+) -> std::sync::mpsc::Sender<(INodeNo, i64, i64)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(INodeNo, i64, i64)>();
+    let spawned = std::thread::Builder::new()
+        .name("bucketfs-inval".into())
+        .spawn(move || {
+            for (ino, off, len) in rx {
+                if let Some(n) = notifier.get() {
+                    if let Err(e) = n.inval_inode(ino, off, len) {
+                        tracing::debug!(ino = ino.0, error = %e, "page invalidation failed");
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no invalidation thread: other descriptors may read stale pages");
+    }
+    tx
 }
 
 impl FuseFs {
@@ -44,6 +71,7 @@ impl FuseFs {
             fs,
             rt,
             ttl,
+            stale: invalidator(notifier.clone()),
             notifier,
             direct_reads: false,
         }
@@ -453,6 +481,7 @@ impl Filesystem for FuseFs {
         // set-ID bits (on direct-I/O writes it does not do it itself).
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let notifier = self.notifier.clone();
+        let stale = self.stale.clone();
         run!(
             self,
             reply,
@@ -466,9 +495,21 @@ impl Filesystem for FuseFs {
                         }
                     }
                 }
-                fs.write(fh.0, offset, &data, lock_owner.map(|o| o.0)).await
+                let n = fs
+                    .write(fh.0, offset, &data, lock_owner.map(|o| o.0))
+                    .await?;
+                Ok::<_, FsError>((n, fs.shared_with_others(ino.0)))
             },
-            |n| reply.written(n)
+            |(n, shared)| {
+                reply.written(n);
+                // Other descriptors may hold the old bytes in the page
+                // cache: dropped, after the reply (from inside a buffered
+                // WRITE, the writer holds the page lock the kernel would wait for).
+                if shared {
+                    let off = i64::try_from(offset).unwrap_or(i64::MAX);
+                    let _ = stale.send((ino, off, i64::from(n)));
+                }
+            }
         );
     }
 
@@ -646,15 +687,19 @@ impl Filesystem for FuseFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        // cp --sparse=always ignores only EOPNOTSUPP and ENOSYS.
-        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        run!(
+            self,
+            reply,
+            |fs: Arc<Fs>| async move { fs.fallocate(ino.0, fh.0, offset, length, mode).await },
+            |()| reply.ok()
+        );
     }
 
     /// No ioctl is supported (FICLONE, FS_IOC_GETFLAGS, terminal probes):

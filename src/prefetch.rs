@@ -151,6 +151,24 @@ impl Reader {
         }
     }
 
+    /// Pins the reader to the version whose ETag is `etag` (a GET that
+    /// answers another fails as a replaced object). Empty: not pinned.
+    pub fn pin_to(&self, etag: &str) {
+        if !etag.is_empty() {
+            *self.obj.pin() = Some(etag.to_string());
+        }
+    }
+
+    /// The ETag the reader is pinned to, if any.
+    pub fn pinned(&self) -> Option<String> {
+        self.obj.pin().clone()
+    }
+
+    /// The size of the object it reads.
+    pub fn size(&self) -> u64 {
+        self.obj.size
+    }
+
     /// Bytes fetched or being fetched ahead (for the memory budget and tests).
     pub fn buffered(&self) -> u64 {
         self.streams.iter().map(Stream::buffered).sum()

@@ -20,36 +20,11 @@ impl Fs {
             if inode.kind == Kind::Dir {
                 return Err(FsError::IsDir);
             }
-            let writer = fh.filter(|f| self.is_write_handle(*f)).or(inode.writer);
-            match writer {
-                Some(wfh) => {
-                    let h = self.handle(wfh)?;
-                    let mut g = h.lock().await;
-                    let Handle::Write(w) = &mut *g else {
-                        return Err(FsError::BadHandle);
-                    };
-                    if w.state != WriteState::Open {
-                        return Err(FsError::Io("file already completed".into()));
-                    }
-                    if w.upload.is_none() {
-                        if size != 0 && size != inode.size {
-                            return Err(FsError::NotSupported(
-                                "resizing an existing object other than to 0",
-                            ));
-                        }
-                        if size == 0 {
-                            w.upload = Some(self.new_upload(w.key.clone(), ino));
-                        }
-                    }
-                    if let Some(u) = w.upload.as_mut() {
-                        if let Err(e) = u.truncate(size).await {
-                            tracing::warn!(key = %w.key, size, error = %e, "truncate refused");
-                            // As a refused write: the file is doomed, and its
-                            // close fails rather than store the old length.
-                            w.state = WriteState::Failed;
-                            return Err(e.into());
-                        }
-                    }
+            let _ = fh;
+            match self.open_file(ino) {
+                Some(f) => {
+                    let mut g = f.lock().await;
+                    self.file_truncate(&mut g, size).await?;
                 }
                 None if size == inode.size => {}
                 None if size == 0 => {
@@ -70,9 +45,24 @@ impl Fs {
                     }
                 }
                 None => {
-                    return Err(FsError::NotSupported(
-                        "resizing a closed object other than to 0",
-                    ))
+                    // A stored file cut or grown: a new version made on
+                    // the server (the bytes kept are copied there).
+                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                    if let Some(i) = self.table().get_mut(ino) {
+                        if i.writer.is_none() {
+                            i.writer = Some(fh);
+                        }
+                    }
+                    let f = self.join_file(ino, fh, false).await?;
+                    let r = {
+                        let mut g = f.lock().await;
+                        match self.file_truncate(&mut g, size).await {
+                            Ok(()) => self.file_commit(&mut g).await,
+                            Err(e) => Err(e),
+                        }
+                    };
+                    self.file_release(&f, fh).await;
+                    r?;
                 }
             }
         }
@@ -347,12 +337,5 @@ impl Fs {
         for ino in pending {
             let _ = self.persist(ino, true).await;
         }
-    }
-
-    fn is_write_handle(&self, fh: u64) -> bool {
-        self.handle(fh)
-            .ok()
-            .and_then(|h| h.try_lock().ok().map(|g| matches!(&*g, Handle::Write(_))))
-            .unwrap_or(true)
     }
 }

@@ -10,6 +10,7 @@ pub mod inode;
 pub mod meta;
 
 mod attrs;
+mod file;
 mod lookup;
 mod namespace;
 mod readdir;
@@ -17,7 +18,7 @@ mod rename;
 mod write;
 
 use crate::prefetch::Reader;
-use crate::s3::rules::{MAX_KEY_LEN, MIN_PART_SIZE};
+use crate::s3::rules::MAX_KEY_LEN;
 use crate::s3::{MetadataDirective, ObjectStore, PutOptions, S3Error, Source};
 use crate::upload::{Progress, Upload, UploadConfig};
 use dir_attrs::{DirAttrs, DIR_ATTRS_NAME};
@@ -143,32 +144,15 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
-/// How a write handle stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum WriteState {
-    /// Accepting writes.
-    Open,
-    /// Completed by flush or fsync: the object is durable; later writes fail.
-    Done,
-    /// Failed; the error was reported once.
-    Failed,
-}
-
-/// A file open for writing.
+/// A descriptor open for writing: a share of the inode's [`file::OpenFile`].
 struct WriteHandle {
-    fh: u64,
     ino: u64,
-    key: String,
-    /// Thread group of the opener: only its close completes the upload.
+    file: file::SharedFile,
+    /// Thread group of the opener: without a descriptor table named by a
+    /// write, only its close stores the file.
     opener_tgid: Option<u32>,
-    /// None until the first write for files opened without O_TRUNC.
-    upload: Option<Upload>,
-    state: WriteState,
-    /// The stored object's size at open: what the file is again when the
-    /// close fails (the object at the key is then unchanged).
-    stored_size: u64,
     /// The descriptor table (lock owner) of the first write that named
-    /// one: its close completes the file ([`Fs::flush`]).
+    /// one: its close stores the file ([`Fs::flush`]).
     writer_owner: Option<u64>,
 }
 
@@ -227,8 +211,10 @@ pub struct Fs {
     persisted: tokio::sync::Notify,
     /// Set at shutdown: new opens are refused.
     closing: std::sync::atomic::AtomicBool,
-    /// Files being written (by handle), for `bucketfs status`.
+    /// Files being written (by inode), for `bucketfs status`.
     writers: Mutex<BTreeMap<u64, (String, Arc<Progress>)>>,
+    /// Files open for writing, by inode: every descriptor of one shares it.
+    files: Mutex<HashMap<u64, file::SharedFile>>,
     stats: MountStats,
     /// Keys listings skipped (each is logged once), up to [`MAX_SKIPPED_LOGGED`].
     skipped: Mutex<std::collections::HashSet<String>>,
@@ -397,6 +383,7 @@ impl Fs {
             persisted: tokio::sync::Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
             writers: Mutex::new(BTreeMap::new()),
+            files: Mutex::new(HashMap::new()),
             stats: MountStats::default(),
             skipped: Mutex::new(std::collections::HashSet::new()),
             relisting: tokio::sync::Mutex::new(()),
@@ -458,20 +445,19 @@ impl Fs {
         v
     }
 
-    /// Shows the file of handle `fh` in `bucketfs status` (once per upload).
-    fn track(&self, fh: u64, key: &str, u: &Upload) {
+    /// Shows the file `ino` in `bucketfs status` while it is written.
+    fn track(&self, ino: u64, key: &str, p: Arc<Progress>) {
         self.writers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(fh)
-            .or_insert_with(|| (key.to_string(), u.progress_handle()));
+            .insert(ino, (key.to_string(), p));
     }
 
-    fn untrack(&self, fh: u64) {
+    fn untrack(&self, ino: u64) {
         self.writers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
+            .remove(&ino);
     }
 
     fn not_closing(&self) -> FsResult<()> {
@@ -490,27 +476,20 @@ impl Fs {
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.closing.store(true, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + grace;
-        let handles: Vec<(u64, SharedHandle)> = self
-            .handles
+        let files: Vec<file::SharedFile> = self
+            .files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(fh, h)| (*fh, h.clone()))
+            .values()
+            .cloned()
             .collect();
         let mut aborted = 0;
-        for (fh, h) in handles {
-            let Ok(mut g) = tokio::time::timeout_at(deadline, h.lock()).await else {
-                tracing::warn!(fh, "shutdown: a close is still running after the grace period; its upload is left to the journal");
+        for f in files {
+            let Ok(mut g) = tokio::time::timeout_at(deadline, f.lock()).await else {
+                tracing::warn!("shutdown: a close is still running after the grace period; its upload is left to the journal");
                 continue;
             };
-            let Handle::Write(w) = &mut *g else { continue };
-            if w.state != WriteState::Open {
-                continue;
-            }
-            w.state = WriteState::Failed;
-            if let Some(mut u) = w.upload.take() {
-                tracing::warn!(key = %w.key, written = u.size(), "shutdown: file still open for writing; its upload is aborted and nothing is stored");
-                u.abort().await;
+            if self.file_abort(&mut g).await {
                 aborted += 1;
                 self.stats
                     .aborted_at_shutdown

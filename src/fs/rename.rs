@@ -258,7 +258,45 @@ impl Fs {
         if src.kind == Kind::Dir {
             return self.rename_dir(&src, newparent, newname, flags).await;
         }
-        if src.local || src.writer.is_some() {
+        let Some(open) = self.open_file(src.ino) else {
+            return self
+                .rename_file(src, name, newparent, newname, flags, false)
+                .await;
+        };
+        // Open for writing (rsync renames its file just after the close,
+        // before the release comes): what was written is stored first, and
+        // the open file follows the new name; its descriptors go on.
+        let mut f = open.lock().await;
+        self.file_commit(&mut f).await?;
+        let src = self.inode(src.ino)?;
+        if src.local {
+            return Err(FsError::Busy("file is being written"));
+        }
+        let dst_key = format!("{}{newname}", self.dir_key(newparent)?);
+        self.rename_file(src, name, newparent, newname, flags, true)
+            .await?;
+        let i = self.inode(f.ino)?;
+        f.key = dst_key.clone();
+        f.reader = None;
+        if let file::Content::Stored(Some(b)) = &mut f.content {
+            b.key = dst_key;
+            b.etag = i.etag.unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// Renames a stored file (`open`: its open file is held by the caller).
+    async fn rename_file(
+        &self,
+        src: Inode,
+        name: &str,
+        newparent: u64,
+        newname: &str,
+        flags: u32,
+        open: bool,
+    ) -> FsResult<()> {
+        let parent = src.parent;
+        if src.local || (src.writer.is_some() && !open) {
             tracing::warn!(key = %src.key, "rename of a file still being written refused");
             return Err(FsError::Busy("file is being written"));
         }

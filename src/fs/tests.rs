@@ -1001,15 +1001,21 @@ async fn a_refused_unlink_does_not_cost_a_close_its_bytes() {
     assert_eq!(store.object("f").unwrap().body, Bytes::from_static(b"new"));
 }
 
-/// A shrinking ftruncate into bytes already sent is refused, and, like a
-/// refused write, dooms the file: its close fails and nothing is stored,
-/// rather than a close that succeeds with the length the program tried
-/// to cut.
+/// A shrinking ftruncate into bytes already sent, of a file replacing an
+/// object (no checkpoint may go to its key), is refused and, like a
+/// refused write, dooms the file: its close fails and the old object
+/// stays, rather than a close that succeeds with the length the program
+/// tried to cut.
 #[tokio::test]
 async fn a_refused_truncate_fails_the_close() {
     let store = Arc::new(MemoryStore::new());
+    store.insert_object("f", Bytes::from_static(b"old"), &PutOptions::default());
     let fs = Fs::new(store.clone(), cfg());
-    let (f, fh) = fs.create(ROOT, OsStr::new("f"), 0o644, 1).await.unwrap();
+    let f = fs.lookup(ROOT, OsStr::new("f")).await.unwrap();
+    let fh = fs
+        .open(f.ino, libc::O_WRONLY | libc::O_TRUNC, 1)
+        .await
+        .unwrap();
     let body = vec![1u8; 12 << 20];
     fs.write(fh, 0, &body, None).await.unwrap();
     let shrink = SetAttr {
@@ -1019,7 +1025,26 @@ async fn a_refused_truncate_fails_the_close() {
     assert!(fs.setattr(f.ino, Some(fh), shrink).await.is_err());
     assert!(fs.flush(fh, 1).await.is_err(), "the close reports it");
     fs.release(fh).await.unwrap();
-    assert!(store.object("f").is_none(), "nothing stored");
+    assert_eq!(store.object("f").unwrap().body, Bytes::from_static(b"old"));
+}
+
+/// The same shrink in a file this mount created: a checkpoint of what was
+/// written is stored, and the shrink goes on from it.
+#[tokio::test]
+async fn a_shrink_into_sent_parts_of_a_new_file_works() {
+    let store = Arc::new(MemoryStore::new());
+    let fs = Fs::new(store.clone(), cfg());
+    let (f, fh) = fs.create(ROOT, OsStr::new("f"), 0o644, 1).await.unwrap();
+    let body: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs.write(fh, 0, &body, None).await.unwrap();
+    let shrink = SetAttr {
+        size: Some(1 << 20),
+        ..SetAttr::default()
+    };
+    fs.setattr(f.ino, Some(fh), shrink).await.unwrap();
+    fs.flush(fh, 1).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert!(store.object("f").unwrap().body[..] == body[..1 << 20]);
 }
 
 /// A directory renamed while a file under it is open for writing: the

@@ -10,56 +10,6 @@ fn read_failed(fh: u64, offset: u64, size: u32, e: crate::s3::S3Error) -> FsErro
 }
 
 impl Fs {
-    /// An upload that appends to the stored object of `i` (`>>`, `rsync
-    /// --append`): from 5 MiB on, the existing bytes become the first parts
-    /// by UploadPartCopy (the server copies them); a smaller object is read
-    /// and re-sent. The object keeps its Content-Type and metadata; the old
-    /// object stays until the new one completes.
-    async fn append_upload(&self, i: &Inode) -> FsResult<Upload> {
-        let stored = match &i.stored {
-            Some(m) => m.clone(),
-            None => {
-                let h = self.store.head_object(&i.key).await?;
-                if h.size != i.size {
-                    return Err(FsError::Io(format!(
-                        "{} changed on the server ({} bytes, {} expected)",
-                        i.key, h.size, i.size
-                    )));
-                }
-                StoredMeta::of_head(&h)
-            }
-        };
-        let mut opts = stored.to_options();
-        // The content changes: Last-Modified becomes the mtime.
-        PosixMeta {
-            mtime: None,
-            ..posix_of(i)
-        }
-        .apply(&mut opts.metadata, libc::S_IFREG);
-        let cfg = self.cfg.upload.clone();
-        if i.size >= MIN_PART_SIZE {
-            return Ok(Upload::new_append(
-                self.store.clone(),
-                i.key.clone(),
-                opts,
-                cfg,
-                i.size,
-            ));
-        }
-        let g = self.store.get_object(Source::key(&i.key), None).await?;
-        if g.body.len() as u64 != i.size {
-            return Err(FsError::Io(format!(
-                "{} changed on the server ({} bytes, {} expected)",
-                i.key,
-                g.body.len(),
-                i.size
-            )));
-        }
-        let mut u = Upload::new(self.store.clone(), i.key.clone(), opts, cfg);
-        u.write(0, &g.body).await?;
-        Ok(u)
-    }
-
     /// A new upload of `key` for inode `ino`, created with its attributes.
     pub(super) fn new_upload(&self, key: String, ino: u64) -> Upload {
         // S3's own default when the name says nothing, sent rather than
@@ -91,22 +41,28 @@ impl Fs {
         if key.len() > MAX_KEY_LEN {
             return Err(FsError::NameTooLong);
         }
-        if let Some(c) = self.table().child(parent, name) {
-            if c.writer.is_some() {
-                return Err(FsError::Busy("file is being written"));
-            }
-            if c.kind == Kind::Dir {
+        let existing = self
+            .table()
+            .child(parent, name)
+            .map(|c| (c.ino, c.kind, c.writer.is_some()));
+        if let Some((ino, kind, open)) = existing {
+            if kind == Kind::Dir {
                 return Err(FsError::IsDir);
+            }
+            if open {
+                // Open here already: the new descriptor joins it, emptied.
+                let fh = self.open(ino, libc::O_WRONLY | libc::O_TRUNC, pid).await?;
+                return Ok((self.getattr(ino)?, fh));
             }
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now();
-        let (ino, attr) = {
+        let ino = {
             let mut t = self.table();
             if t.renaming_over(&key) {
                 return Err(FsError::Busy("its directory is being renamed"));
             }
-            let ino = t.upsert_child(parent, name, Kind::File, |i| {
+            t.upsert_child(parent, name, Kind::File, |i| {
                 i.size = 0;
                 i.mtime = now;
                 i.ctime = now;
@@ -114,27 +70,24 @@ impl Fs {
                 i.writer = Some(fh);
                 i.local = true;
                 i.etag = None;
-            });
-            (ino, self.attr_of(t.get(ino).expect("inserted")))
+            })
         };
+        let file = self.join_file(ino, fh, true).await?;
         self.insert_handle(
             fh,
             Handle::Write(Box::new(WriteHandle {
-                fh,
                 ino,
-                key: key.clone(),
+                file,
                 opener_tgid: tgid_of(pid).or(Some(pid)),
-                upload: Some(self.new_upload(key, ino)),
-                state: WriteState::Open,
-                stored_size: 0,
                 writer_owner: None,
             })),
         );
-        Ok((attr, fh))
+        Ok((self.getattr(ino)?, fh))
     }
 
-    /// Opens a file. Reading streams the object; writing replaces it at close
-    /// (with O_TRUNC at once, without O_TRUNC only once a write at offset 0 comes).
+    /// Opens a file. Every descriptor open for writing shares the file's
+    /// one [`file::OpenFile`]; while it lives, reads of the file (through
+    /// any descriptor) see what was written.
     pub async fn open(&self, ino: u64, flags: i32, pid: u32) -> FsResult<u64> {
         self.not_closing()?;
         let inode = self.inode(ino)?;
@@ -143,9 +96,6 @@ impl Fs {
         }
         let acc = flags & libc::O_ACCMODE;
         if acc == libc::O_RDONLY {
-            if inode.writer.is_some() || inode.local {
-                return Err(FsError::Busy("file is being written through this mount"));
-            }
             let mut r = Reader::new(
                 self.store.clone(),
                 inode.key.clone(),
@@ -153,6 +103,9 @@ impl Fs {
                 self.cfg.max_readahead,
                 self.cfg.read_budget.clone(),
             );
+            if let Some(e) = &inode.etag {
+                r.pin_to(e);
+            }
             r.ino = ino;
             if let Some(i) = self.table().get_mut(ino) {
                 i.readers += 1;
@@ -160,12 +113,11 @@ impl Fs {
             return Ok(self.new_fh(Handle::Read(r)));
         }
         self.writable()?;
-        if inode.writer.is_some() {
-            return Err(FsError::Busy("file is already open for writing"));
+        if inode.writer.is_none() {
+            // No attribute write starts while a writer holds the file.
+            self.settled(ino, |_| ()).await?;
         }
-        // No attribute write starts while a writer holds the file.
-        self.settled(ino, |_| ()).await?;
-        let trunc = flags & libc::O_TRUNC != 0 || inode.size == 0;
+        let trunc = flags & libc::O_TRUNC != 0;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         {
             // Marked a writer before anything else, so that a directory
@@ -175,42 +127,92 @@ impl Fs {
                 return Err(FsError::Busy("its directory is being renamed"));
             }
             if let Some(i) = t.get_mut(ino) {
-                i.writer = Some(fh);
+                if i.writer.is_none() {
+                    i.writer = Some(fh);
+                }
             }
+        }
+        let file = match self.join_file(ino, fh, trunc).await {
+            Ok(f) => f,
+            Err(e) => {
+                if self.open_file(ino).is_none() {
+                    if let Some(i) = self.table().get_mut(ino) {
+                        if i.writer == Some(fh) {
+                            i.writer = None;
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let size = file.lock().await.size();
+        if let Some(i) = self.table().get_mut(ino) {
+            i.size = size;
         }
         self.insert_handle(
             fh,
             Handle::Write(Box::new(WriteHandle {
-                fh,
                 ino,
-                key: inode.key.clone(),
+                file,
                 opener_tgid: tgid_of(pid).or(Some(pid)),
-                upload: trunc.then(|| self.new_upload(inode.key.clone(), ino)),
-                state: WriteState::Open,
-                stored_size: inode.size,
                 writer_owner: None,
             })),
         );
-        if trunc {
-            if let Some(i) = self.table().get_mut(ino) {
-                i.size = 0;
-            }
-        }
         Ok(fh)
     }
 
-    /// Reads from a file opened for reading.
+    /// Reads from a file: through its open file while it is open for
+    /// writing (what was written shows), else from the stored object.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
         let h = self.handle(fh)?;
         let mut g = h.lock().await;
-        match &mut *g {
-            Handle::Read(r) => r
-                .read(offset, size)
-                .await
-                .map_err(|e| read_failed(fh, offset, size, e)),
-            Handle::Write(_) => Err(FsError::BadHandle),
-            Handle::Dir(_) => Err(FsError::IsDir),
+        let ino = match &*g {
+            Handle::Read(r) => r.ino,
+            Handle::Write(w) => w.ino,
+            Handle::Dir(_) => return Err(FsError::IsDir),
+        };
+        if let Some(f) = self.open_file(ino) {
+            let mut fg = f.lock().await;
+            return self.file_read(&mut fg, offset, size).await;
         }
+        let Handle::Read(r) = &mut *g else {
+            return Err(FsError::BadHandle);
+        };
+        self.refresh_reader(r)?;
+        r.read(offset, size)
+            .await
+            .map_err(|e| read_failed(fh, offset, size, e))
+    }
+
+    /// A reader opened while the file was being written, or before this
+    /// mount stored a new version of it, reads the version stored now.
+    fn refresh_reader(&self, r: &mut Reader) -> FsResult<()> {
+        let i = self.inode(r.ino)?;
+        let same = |a: &str, b: &str| crate::s3::bare_etag(a) == crate::s3::bare_etag(b);
+        let pinned = r.pinned();
+        let current = match (&pinned, &i.etag) {
+            (Some(a), Some(b)) => same(a, b),
+            _ => true,
+        };
+        if r.size() == i.size && current && !i.local {
+            return Ok(());
+        }
+        if i.local {
+            return Err(FsError::Io("file not stored yet".into()));
+        }
+        let mut fresh = Reader::new(
+            self.store.clone(),
+            i.key.clone(),
+            i.size,
+            self.cfg.max_readahead,
+            self.cfg.read_budget.clone(),
+        );
+        if let Some(e) = &i.etag {
+            fresh.pin_to(e);
+        }
+        fresh.ino = r.ino;
+        *r = fresh;
+        Ok(())
     }
 
     /// A read answered on the calling thread from bytes already fetched;
@@ -222,6 +224,9 @@ impl Fs {
         let Handle::Read(r) = &mut *g else {
             return None;
         };
+        if self.open_file(r.ino).is_some() || r.size() != self.inode(r.ino).ok()?.size {
+            return None;
+        }
         Some(
             r.read_ready(offset, size)?
                 .map_err(|e| read_failed(fh, offset, size, e)),
@@ -258,8 +263,8 @@ impl Fs {
         .map(|_| true)
     }
 
-    /// Writes into a file being uploaded. `owner`: the writer's descriptor
-    /// table, when the kernel names it (direct-I/O writes do).
+    /// Writes into a file open for writing. `owner`: the writer's
+    /// descriptor table, when the kernel names it (direct-I/O writes do).
     pub async fn write(
         &self,
         fh: u64,
@@ -275,52 +280,8 @@ impl Fs {
         if w.writer_owner.is_none() {
             w.writer_owner = owner;
         }
-        if w.state == WriteState::Done && offset == 0 && w.upload.is_none() {
-            // A shell redirection (`echo hi > f`) opens the file, dup2()s
-            // the descriptor and closes the original: that close completed
-            // the (empty) file. Writing from the start again replaces it.
-            // Only an empty one: a file with bytes (completed by fsync, or
-            // by the close of a dup) would lose every byte not written
-            // again, so such a write fails below instead.
-            let mut t = self.table();
-            match t.get_mut(w.ino) {
-                Some(i) if (i.writer.is_none() || i.writer == Some(w.fh)) && i.size == 0 => {
-                    i.writer = Some(w.fh);
-                    w.state = WriteState::Open;
-                    tracing::debug!(key = %w.key, "write after a close on the same handle: replacing the object");
-                }
-                _ => {}
-            }
-        }
-        if w.state != WriteState::Open {
-            tracing::warn!(key = %w.key, offset, "write after the file was completed or failed");
-            return Err(FsError::Io("file already completed or failed".into()));
-        }
-        if w.upload.is_none() {
-            let existing = self.inode(w.ino)?;
-            if offset == 0 {
-                w.upload = Some(self.new_upload(w.key.clone(), w.ino));
-            } else if offset == existing.size {
-                w.upload = Some(self.append_upload(&existing).await.inspect_err(|e| {
-                    tracing::warn!(key = %w.key, error = %e, "append refused");
-                })?);
-            } else {
-                tracing::warn!(key = %w.key, offset, size = existing.size, "write into an existing object neither at 0 nor at its end");
-                return Err(FsError::Invalid(format!(
-                    "write at {offset} into existing object of {} bytes",
-                    existing.size
-                )));
-            }
-        }
-        let u = w.upload.as_mut().expect("set above");
-        self.track(w.fh, &w.key, u);
-        if let Err(e) = u.write(offset, data).await {
-            tracing::warn!(key = %w.key, offset, len = data.len(), size = u.size(), error = %e, "write refused");
-            // A refused write dooms the file (the upload says why at close).
-            w.state = WriteState::Failed;
-            return Err(e.into());
-        }
-        let size = u.size();
+        let mut f = w.file.lock().await;
+        let size = self.file_write(&mut f, offset, data).await?;
         if let Some(i) = self.table().get_mut(w.ino) {
             i.size = size;
             i.mtime = SystemTime::now();
@@ -329,12 +290,57 @@ impl Fs {
         Ok(data.len() as u32)
     }
 
+    /// fallocate: mode 0 (posix_fallocate) grows a file open for writing
+    /// to `offset + len` with zeros; FALLOC_FL_KEEP_SIZE alone does nothing
+    /// (no space is reserved on a server). Anything else, punching holes
+    /// included, gets EOPNOTSUPP (`cp --sparse=always` then writes zeros).
+    pub async fn fallocate(
+        &self,
+        ino: u64,
+        _fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> FsResult<()> {
+        match mode {
+            0 => {}
+            libc::FALLOC_FL_KEEP_SIZE => return Ok(()),
+            _ => return Err(FsError::NotSupported("this fallocate mode")),
+        }
+        let Some(f) = self.open_file(ino) else {
+            return Err(FsError::BadHandle);
+        };
+        let mut g = f.lock().await;
+        let end = offset.saturating_add(len);
+        if end > g.size() {
+            self.file_truncate(&mut g, end).await?;
+            let size = g.size();
+            if let Some(i) = self.table().get_mut(ino) {
+                i.size = size;
+                i.mtime = SystemTime::now();
+                i.mtime_set = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the file has descriptors open besides one writer (whose
+    /// cached pages a write through another makes stale).
+    pub fn shared_with_others(&self, ino: u64) -> bool {
+        let writers = self
+            .open_file(ino)
+            .map_or(0, |f| f.try_lock().map_or(2, |g| g.handles));
+        let readers = self.table().get(ino).map_or(0, |i| i.readers);
+        writers + readers as usize > 1
+    }
+
     /// copy_file_range from a stored file into a file being written (GNU cp
     /// tries it first): recorded as a server-side copy made at close
     /// (CopyObject, or UploadPartCopy over 5 GiB), so no data passes through
-    /// this machine. Anything else gets EOPNOTSUPP, and the kernel or cp
-    /// copies the bytes through read and write instead. Answers at most
-    /// u32::MAX bytes (the reply's limit); cp asks again for the rest.
+    /// this machine. Only as the whole content of a new or emptied file;
+    /// anything else gets EOPNOTSUPP, and the kernel or cp copies the bytes
+    /// through read and write instead. Answers at most u32::MAX bytes (the
+    /// reply's limit); cp asks again for the rest.
     pub async fn copy_file_range(
         &self,
         ino_in: u64,
@@ -352,27 +358,29 @@ impl Fs {
         }
         let n = len.min(src.size - offset_in).min(u32::MAX as u64 & !0xfff);
         let h = self.handle(fh_out)?;
-        let mut g = h.lock().await;
-        let Handle::Write(w) = &mut *g else {
+        let g = h.lock().await;
+        let Handle::Write(w) = &*g else {
             return Err(FsError::BadHandle);
         };
-        if w.state != WriteState::Open {
-            return Err(FsError::Io("file already completed or failed".into()));
+        let mut f = w.file.lock().await;
+        if let Some(e) = f.failed() {
+            return Err(e);
         }
-        if w.upload.is_none() && offset_out == 0 {
-            w.upload = Some(self.new_upload(w.key.clone(), w.ino));
+        if matches!(f.content, file::Content::Stored(_)) && offset_out == 0 && f.size() == 0 {
+            let u = self.new_upload(f.key.clone(), f.ino);
+            self.begin(&mut f, file::Content::Streaming(u));
         }
-        let Some(u) = w.upload.as_mut() else {
+        let file::Content::Streaming(u) = &mut f.content else {
             return Err(FsError::NotSupported(
-                "copy into the middle of an existing object",
+                "server-side copy into a file with other bytes",
             ));
         };
         if !u.copy_range(&src.key, offset_in, offset_out, n) {
             return Err(FsError::NotSupported("server-side copy of this range"));
         }
-        tracing::debug!(from = %src.key, to = %w.key, offset_in, n, "server-side copy recorded");
         let size = u.size();
-        if let Some(i) = self.table().get_mut(w.ino) {
+        tracing::debug!(from = %src.key, to = %f.key, offset_in, n, "server-side copy recorded");
+        if let Some(i) = self.table().get_mut(f.ino) {
             i.size = size;
             i.mtime = SystemTime::now();
             i.mtime_set = false;
@@ -380,135 +388,22 @@ impl Fs {
         Ok(n as u32)
     }
 
-    /// Completes the upload of a write handle; the object is durable when this returns Ok.
-    async fn complete(&self, w: &mut WriteHandle) -> FsResult<()> {
-        let Some(upload) = w.upload.take() else {
-            // Opened for writing but never written: nothing changes.
-            return Ok(());
-        };
-        let (unlinked, rebound) = {
-            let t = self.table();
-            match t.get(w.ino) {
-                Some(i) => (
-                    i.unlinked,
-                    t.child(i.parent, &i.name).map(|c| c.ino) != Some(w.ino),
-                ),
-                None => (true, true),
-            }
-        };
-        if rebound && !unlinked {
-            tracing::warn!(key = %w.key, "the file's name now shows a directory another client made: storing the file at its key all the same");
-        }
-        if unlinked {
-            let mut u = upload;
-            u.abort().await;
-            w.state = WriteState::Done;
-            return Ok(());
-        }
-        // Attributes set while writing (tar sets them before close) go into
-        // the PutObject; a multipart upload was created with the ones known
-        // at its first part, and later changes are written after it.
-        let mut upload = upload;
-        let now_posix = self.table().get(w.ino).map(posix_of).unwrap_or_default();
-        if !upload.is_multipart() {
-            now_posix.apply(&mut upload.options_mut().metadata, libc::S_IFREG);
-        }
-        let sent = upload.options().clone();
-        match upload.finish().await {
-            Ok(f) if self.unlinked_meanwhile(w).await => {
-                tracing::info!(key = %w.key, size = f.size, "stored, but unlinked during the close: deleted");
-                self.untrack(w.fh);
-                w.state = WriteState::Done;
-                Ok(())
-            }
-            Ok(f) => {
-                tracing::info!(key = %w.key, size = f.size, parts = f.parts, etag = %f.etag, "stored");
-                self.untrack(w.fh);
-                self.stats.files_stored.fetch_add(1, Ordering::Relaxed);
-                self.stats.bytes_stored.fetch_add(f.size, Ordering::Relaxed);
-                w.state = WriteState::Done;
-                let mut later = false;
-                if let Some(i) = self.table().get_mut(w.ino) {
-                    i.size = f.size;
-                    i.etag = Some(f.etag.clone());
-                    i.local = false;
-                    i.valid_until = Instant::now() + self.cfg.metadata_ttl;
-                    i.version = Some((f.etag, None));
-                    i.stored = Some(StoredMeta::of_options(&sent));
-                    // Changed while the upload ran, or after its creation.
-                    if posix_of(i).attrs() != PosixMeta::parse(&sent.metadata).attrs() {
-                        i.attrs_pending = true;
-                        later = true;
-                    }
-                    // Durable now: readers need not wait for the (asynchronous) release.
-                    if i.writer == Some(w.fh) {
-                        i.writer = None;
-                    }
-                }
-                if later {
-                    self.persist_later(w.ino);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(key = %w.key, error = %e, "close failed: nothing was stored at the key");
-                self.untrack(w.fh);
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                w.state = WriteState::Failed;
-                // A stored object is still what it was: so is the file
-                // (its size grew with the writes; reads past the old end
-                // would ask the server for bytes it does not have).
-                if let Some(i) = self.table().get_mut(w.ino) {
-                    if !i.local {
-                        i.size = w.stored_size;
-                    }
-                }
-                Err(e.into())
-            }
-        }
-    }
-
-    /// After a close stored the file: whether it was unlinked while the
-    /// close was on its way. Then the object just stored is deleted again,
-    /// unless the name was given to a new file meanwhile (its own close
-    /// will replace the object). A failed delete is logged.
-    async fn unlinked_meanwhile(&self, w: &WriteHandle) -> bool {
-        let gone = {
-            let t = self.table();
-            match t.get(w.ino) {
-                Some(i) if i.unlinked => Some(t.child(i.parent, &i.name).is_none()),
-                _ => None,
-            }
-        };
-        match gone {
-            None => false,
-            Some(false) => true,
-            Some(true) => {
-                if let Err(e) = self.store.delete_object(&w.key).await {
-                    tracing::error!(key = %w.key, error = %e, "unlinked during its close, and the stored object could not be deleted");
-                }
-                true
-            }
-        }
-    }
-
     /// close(): the close from the descriptor table that wrote first (or,
-    /// when no write named one, from the opener's process) completes the
-    /// upload and returns its outcome; a close from another table (a
-    /// forked child's copy) does nothing.
+    /// when no write named one, from the opener's process) stores the file
+    /// and returns the outcome; a close from another table (a forked
+    /// child's copy) does nothing. The file stays open through its other
+    /// descriptors: later writes make a new version, stored by a later close.
     pub async fn flush(&self, fh: u64, closer: impl Into<Closer>) -> FsResult<()> {
         let Closer { pid, owner } = closer.into();
         let h = self.handle(fh)?;
-        let mut g = h.lock().await;
-        let Handle::Write(w) = &mut *g else {
+        let g = h.lock().await;
+        let Handle::Write(w) = &*g else {
             return Ok(());
         };
-        if w.state == WriteState::Failed {
-            // Every close of a failed file reports it; the upload is aborted at release.
-            return Err(FsError::Io("an earlier write failed".into()));
-        }
-        if w.state != WriteState::Open {
-            return Ok(());
+        let mut f = w.file.lock().await;
+        if let Some(e) = f.failed() {
+            // Every close of a failed file reports it.
+            return Err(e);
         }
         // The descriptor table that wrote first closes: not a forked
         // child's copy, in any PID namespace. Without one (writes through
@@ -521,25 +416,19 @@ impl Fs {
             }
         };
         if other {
-            tracing::debug!(key = %w.key, pid, ?owner, "close from another process: not completing");
+            tracing::debug!(key = %f.key, pid, ?owner, "close from another process: not storing");
             return Ok(());
         }
-        self.complete(w).await
+        self.file_commit(&mut f).await
     }
 
-    /// fsync: completes the upload whoever calls it (later writes fail),
-    /// and writes attributes still pending on the object.
-    pub async fn fsync(&self, ino: u64, fh: u64) -> FsResult<()> {
-        let h = self.handle(fh)?;
-        {
-            let mut g = h.lock().await;
-            match &mut *g {
-                Handle::Write(w) if w.state == WriteState::Open => self.complete(w).await?,
-                Handle::Write(w) if w.state == WriteState::Failed => {
-                    return Err(FsError::Io("an earlier write failed".into()))
-                }
-                _ => {}
-            }
+    /// fsync: the key holds exactly what the file holds (writing may go
+    /// on), and attributes still pending are written.
+    pub async fn fsync(&self, ino: u64, _fh: u64) -> FsResult<()> {
+        if let Some(f) = self.open_file(ino) {
+            let mut g = f.lock().await;
+            self.file_commit(&mut g).await?;
+            return Ok(());
         }
         // A write of the attributes already in flight counts as this one.
         self.settled(ino, |_| ()).await?;
@@ -568,8 +457,8 @@ impl Fs {
         }
     }
 
-    /// The last close: completes what no flush completed (errors only logged),
-    /// and forgets the handle.
+    /// The last close of a descriptor: the last one of a file open for
+    /// writing stores what no close stored (errors only logged).
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let h = self
             .handles
@@ -577,39 +466,16 @@ impl Fs {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh);
         let Some(h) = h else { return Ok(()) };
-        self.untrack(fh);
-        let mut g = h.lock().await;
-        if let Handle::Write(w) = &mut *g {
-            if w.state == WriteState::Open && w.upload.is_some() {
-                if let Err(e) = self.complete(w).await {
-                    tracing::error!(key = %w.key, error = %e, "upload at release failed");
-                }
-            }
-            if let Some(mut u) = w.upload.take() {
-                u.abort().await;
-            }
-            let mut t = self.table();
-            let drop_name = if let Some(i) = t.get_mut(w.ino) {
-                if i.writer == Some(fh) {
-                    i.writer = None;
-                }
-                // A file that never reached the bucket disappears.
-                (i.local && w.state != WriteState::Done).then(|| (i.parent, i.name.clone()))
-            } else {
-                None
-            };
-            if let Some((p, n)) = drop_name {
-                if t.child(p, &n).map(|c| c.ino) == Some(w.ino) {
-                    t.remove_child(p, &n);
-                }
-            }
+        let g = h.lock().await;
+        if let Handle::Write(w) = &*g {
+            self.file_release(&w.file, fh).await;
         }
         if let Handle::Read(r) = &*g {
             let pending = {
                 let mut t = self.table();
                 t.get_mut(r.ino).is_some_and(|i| {
                     i.readers = i.readers.saturating_sub(1);
-                    i.readers == 0 && i.attrs_pending
+                    i.readers == 0 && i.attrs_pending && i.writer.is_none()
                 })
             };
             if pending {

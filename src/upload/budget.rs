@@ -171,6 +171,25 @@ impl Grant {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// Takes over the bytes of `other` (one grant that grows).
+    pub fn absorb(&mut self, mut other: Grant) {
+        debug_assert!(Arc::ptr_eq(&self.budget, &other.budget));
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+
+    /// Gives back what this grant holds beyond `bytes`.
+    pub fn shrink_to(&mut self, bytes: u64) {
+        if bytes >= self.bytes {
+            return;
+        }
+        let back = self.bytes - bytes;
+        self.bytes = bytes;
+        let mut g = self.budget.lock();
+        g.used -= back;
+        drop(g);
+        self.budget.freed.notify_waiters();
+    }
 }
 
 impl Drop for Grant {
@@ -189,6 +208,20 @@ impl Drop for Grant {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn a_grant_grows_and_shrinks() {
+        let b = Budget::new(100);
+        let mut a = b.try_grant(10).unwrap();
+        a.absorb(b.try_grant(30).unwrap());
+        assert_eq!((a.bytes(), b.used()), (40, 40));
+        a.shrink_to(15);
+        assert_eq!((a.bytes(), b.used()), (15, 15));
+        a.shrink_to(20);
+        assert_eq!(a.bytes(), 15, "shrinking never grows");
+        drop(a);
+        assert_eq!(b.used(), 0);
+    }
 
     #[tokio::test]
     async fn grants_bound_and_release() {

@@ -14,9 +14,10 @@ pub mod schedule;
 
 mod finish;
 mod held;
+pub mod patch;
 mod target;
 
-use crate::s3::rules::{MAX_PARTS, MAX_SINGLE_SIZE};
+use crate::s3::rules::MAX_SINGLE_SIZE;
 use crate::s3::{hex, md5_of, ObjectStore, PutOptions, S3Error};
 use budget::{Budget, BudgetError, Grant, Spill};
 use bytes::{Bytes, BytesMut};
@@ -170,13 +171,8 @@ pub struct Upload {
     /// The file is (so far) bytes 0..n of another object, copied by the
     /// server at close: (source key, n).
     copy: Option<(String, u64)>,
-    /// Appending: the first `base` bytes are the existing object at the key,
-    /// copied by the server as the first `prefix_parts` parts; written bytes
-    /// follow them.
-    base: u64,
-    prefix_parts: u32,
-    /// The largest this file may grow (10,000 parts, less an append's
-    /// copied ones); summing the schedule is too slow to do per write.
+    /// The largest this file may grow (10,000 parts); summing the schedule
+    /// is too slow to do per write.
     max_size: u64,
 }
 
@@ -206,28 +202,8 @@ impl Upload {
             multipart: false,
             ended: false,
             copy: None,
-            base: 0,
-            prefix_parts: 0,
             max_size: cfg_max,
         }
-    }
-
-    /// Starts an append to the existing object at `key` of `existing` bytes
-    /// (at least 5 MiB, S3's smallest part): at close its bytes become the
-    /// first parts by UploadPartCopy (no data through this machine), and the
-    /// bytes written after them follow. The old object stays until then.
-    pub fn new_append(
-        store: Arc<dyn ObjectStore>,
-        key: String,
-        opts: PutOptions,
-        cfg: UploadConfig,
-        existing: u64,
-    ) -> Self {
-        let mut u = Upload::new(store, key, opts, cfg);
-        u.base = existing;
-        u.prefix_parts = existing.div_ceil(MAX_SINGLE_SIZE).max(1) as u32;
-        u.max_size = existing + u.cfg.schedule.part_start(MAX_PARTS + 1 - u.prefix_parts);
-        u
     }
 
     /// Bytes written into this upload's own parts.
@@ -261,7 +237,7 @@ impl Upload {
     pub fn size(&self) -> u64 {
         match &self.copy {
             Some((_, n)) => *n,
-            None => self.base + self.data_size(),
+            None => self.data_size(),
         }
     }
 
@@ -274,7 +250,7 @@ impl Upload {
         if self.failed.is_some() || src_off != dst_off || len == 0 {
             return false;
         }
-        let pristine = self.copy.is_none() && self.size() == 0 && !self.multipart && self.base == 0;
+        let pristine = self.copy.is_none() && self.size() == 0 && !self.multipart;
         let continues = matches!(&self.copy, Some((k, n)) if k == src_key && *n == dst_off);
         if !(pristine && dst_off == 0 || continues) {
             return false;
@@ -352,12 +328,45 @@ impl Upload {
             .progress
             .bytes_written
             .store(self.size(), Ordering::Relaxed);
+        // A write refused for landing in a sent part changed nothing: the
+        // caller may go on another way. Any other failure dooms the upload.
         if let Err(e) = &r {
-            if self.failed.is_none() {
+            if self.failed.is_none() && !matches!(e, UploadError::IntoSentPart { .. }) {
                 self.failed = Some(e.to_string());
             }
         }
         r
+    }
+
+    /// Bytes `offset..offset + len` of the file (fewer at its end) when
+    /// every one is still in memory (the held first part, the part being
+    /// filled); else [`UploadError::IntoSentPart`].
+    pub fn read_mem(&self, offset: u64, len: u32) -> Result<Bytes, UploadError> {
+        let size = self.size();
+        let end = (offset + len as u64).min(size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        if self.copy.is_some() {
+            return Err(self.refused(offset));
+        }
+        let (start, stop) = (offset, end);
+        let mut out = BytesMut::with_capacity((stop - start) as usize);
+        if start < self.tail_start {
+            self.check_rewritable(start, stop)?;
+            let held = self.held.as_ref().ok_or_else(|| self.refused(offset))?;
+            let st = held.lock();
+            let HeldState::Held(buf, _) = &*st else {
+                return Err(self.refused(offset));
+            };
+            let upto = stop.min(buf.len() as u64) as usize;
+            out.extend_from_slice(&buf[start as usize..upto]);
+        }
+        if stop > self.tail_start {
+            let from = start.max(self.tail_start) - self.tail_start;
+            out.extend_from_slice(&self.tail[from as usize..(stop - self.tail_start) as usize]);
+        }
+        Ok(out.freeze())
     }
 
     async fn try_write(&mut self, offset: u64, data: &[u8]) -> Result<(), UploadError> {
@@ -366,20 +375,11 @@ impl Upload {
                 "a write after a server-side copy from {src} into the same file is not supported"
             )));
         }
-        if offset < self.base {
-            // Into the existing object being appended to: it is not here.
-            return Err(UploadError::IntoSentPart {
-                offset,
-                part: 1,
-                size: self.size(),
-            });
-        }
         let end = offset + data.len() as u64;
         let max = self.max_size;
         if end > max {
             return Err(UploadError::TooLarge { end, max });
         }
-        let offset = offset - self.base;
         let size = self.data_size();
         if offset < size {
             self.check_rewritable(offset, end.min(size))?;
@@ -423,17 +423,9 @@ impl Upload {
                 "resizing a file made by a server-side copy is not supported".into(),
             ));
         }
-        if new_size < self.base {
-            return Err(UploadError::IntoSentPart {
-                offset: new_size,
-                part: 1,
-                size: self.size(),
-            });
-        }
-        let new_size = new_size - self.base;
         let size = self.data_size();
         if new_size >= size {
-            let max = self.max_size - self.base;
+            let max = self.max_size;
             if new_size > max {
                 return Err(UploadError::TooLarge { end: new_size, max });
             }
@@ -533,7 +525,7 @@ impl Upload {
                 state: Mutex::new(HeldState::Held(full, grant)),
                 target: self.target.clone(),
                 rt: tokio::runtime::Handle::current(),
-                number: 1 + self.prefix_parts,
+                number: 1,
             });
             let weak: Weak<dyn Spill> = Arc::downgrade(&(held.clone() as Arc<dyn Spill>));
             self.cfg.budget.register(weak);
@@ -580,12 +572,8 @@ impl Upload {
             self.reap_one().await?;
         }
         self.multipart = true;
-        self.in_flight.spawn(self.target.clone().send(
-            number + self.prefix_parts,
-            body,
-            grant,
-            more,
-        ));
+        self.in_flight
+            .spawn(self.target.clone().send(number, body, grant, more));
         Ok(())
     }
 }

@@ -5,7 +5,9 @@ use super::budget::Grant;
 use super::journal::Journal;
 use super::{md5x, InFlight, Progress, SentPart, UploadConfig};
 use crate::s3::{bare_etag, ObjectStore, PutOptions, S3Error};
+use crate::s3::{hex, multipart_etag};
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -277,5 +279,81 @@ impl Target {
         self.progress.parts_sent.fetch_add(1, Ordering::Relaxed);
         self.progress.bytes_sent.fetch_add(len, Ordering::Relaxed);
         Ok(SentPart { number, etag, md5 })
+    }
+
+    /// Completes the upload with `sent` (every part, by number) and checks
+    /// the object's ETag against the parts' MD5s where the server shows
+    /// MD5 ETags; a completed object with the wrong ETag is deleted. The
+    /// error says which request failed.
+    pub(super) async fn complete_checked(
+        &self,
+        sent: &BTreeMap<u32, SentPart>,
+        size: u64,
+    ) -> Result<String, String> {
+        let upload_id = self
+            .upload_id()
+            .await
+            .map_err(|e| format!("CreateMultipartUpload: {e}"))?;
+        let parts: Vec<(u32, String)> = sent.values().map(|p| (p.number, p.etag.clone())).collect();
+        let md5s: Vec<[u8; 16]> = sent.values().map(|p| p.md5).collect();
+        let expected = multipart_etag(&md5s);
+        // Judged only when the server showed MD5 ETags for every part (a
+        // copied part's ETag from a vendor or an encrypted source may be
+        // something else).
+        let verifiable = md5s.iter().all(|m| *m != [0; 16])
+            && crate::s3::Sse::etag_is_md5(self.opts.sse.as_ref())
+            && self.store.etags_are_md5()
+            && sent.values().all(|p| bare_etag(&p.etag) == hex(&p.md5));
+        let etag = self
+            .complete(&upload_id, &parts, verifiable.then_some(&*expected), size)
+            .await
+            .map_err(|e| format!("CompleteMultipartUpload: {e}"))?;
+        self.settled();
+        let got = bare_etag(&etag);
+        if verifiable && got != expected {
+            if looks_like_multipart_etag(&got)
+                && crate::s3::Sse::etag_is_md5(self.opts.sse.as_ref())
+            {
+                tracing::error!(key = %self.key, expected, got, "completed object has the wrong ETag; deleting it");
+                let _ = self.store.delete_object(&self.key).await;
+                return Err(format!(
+                    "ETag mismatch after Complete: expected {expected}, got {got}"
+                ));
+            }
+            tracing::info!(key = %self.key, etag = %got, "ETag format not judged (vendor or encryption)");
+        }
+        Ok(etag)
+    }
+
+    /// Aborts the multipart upload if one was created: a Create still
+    /// running (its caller was just aborted) ends first, so its ID is
+    /// known, and none starts after this. Errors can only be logged (the
+    /// journal keeps the upload for the reaper).
+    pub(super) async fn abort_created(&self) {
+        self.aborting.store(true, Ordering::Release);
+        drop(self.creating.lock().await);
+        if let Some(id) = self.upload_id.get() {
+            let key = &self.key;
+            match self.store.abort_multipart_upload(key, id).await {
+                Ok(()) => {
+                    tracing::info!(key = %key, upload_id = %id, "upload aborted");
+                    self.settled();
+                }
+                Err(e) if e.is_not_found() => self.settled(),
+                Err(e) => {
+                    tracing::warn!(key = %key, upload_id = %id, error = %e, "abort failed; will try again (the journal keeps the upload)");
+                    self.unsettled();
+                }
+            }
+        }
+    }
+}
+
+fn looks_like_multipart_etag(e: &str) -> bool {
+    match e.split_once('-') {
+        Some((h, n)) => {
+            h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()) && n.parse::<u32>().is_ok()
+        }
+        None => false,
     }
 }

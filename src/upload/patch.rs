@@ -1,0 +1,694 @@
+//! Writes anywhere in a file, with no local disk: the new version is a
+//! base object (pinned by its ETag) with the bytes written since laid over
+//! it. Written bytes are kept as extents per part of the schedule; at
+//! commit each part of the new version is, in order of preference:
+//!
+//! - a part already sent: a part fully written is sent as soon as it is
+//!   (a sequential rewrite streams as an upload does);
+//! - UploadPartCopy of the base's bytes, pinned with
+//!   `x-amz-copy-source-if-match`, when nothing in it changed;
+//! - rebuilt here: a ranged GET of the base (pinned by `If-Match`), the
+//!   extents laid over it, zeros past the base, sent as UploadPart.
+//!
+//! A file of at most one part is one PutObject. A part number is sent at
+//! most once per upload (SeaweedFS does not reliably replace a part sent
+//! again): a write or read into a part already sent, whose bytes are no
+//! longer here, is refused with [`UploadError::IntoSentPart`], and the
+//! caller decides (a new file commits what it has as a checkpoint and goes
+//! on from it; an overwrite fails with EIO).
+//!
+//! Memory: extents take from the mount's budget; past half of it, the
+//! part holding the most written bytes is rebuilt and sent early.
+
+use super::budget::Grant;
+use super::target::Target;
+use super::{md5x, Finished, Progress, SentPart, UploadConfig, UploadError};
+use crate::s3::rules::{MAX_PARTS, MIN_PART_SIZE};
+use crate::s3::{bare_etag, ObjectStore, PutOptions, S3Error, Source};
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// The object a new version is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+}
+
+/// Bytes of the base read for readers, fetched in blocks of this size.
+const READ_BLOCK: u64 = 4 << 20;
+/// Memory is granted for extents in steps of this size.
+const GRANT_STEP: u64 = 1 << 20;
+
+/// Extents of one part, by offset within the part: never overlapping,
+/// never touching (neighbours are merged).
+type Extents = BTreeMap<u64, Vec<u8>>;
+
+/// Where the parts of a new version lie. The schedule's parts, except that
+/// the base's end is a part boundary when it can be (S3's parts but the
+/// last are at least 5 MiB): parts `1..=k` cover the base's `b` bytes (the
+/// last of them cut at `b`, or grown to it when the rest would be too
+/// small), and the parts after follow from `b` with the schedule's sizes.
+/// So an append copies the whole base on the server and sends only the
+/// new bytes (`>>` onto a 6 MiB log sends the appended line, not 6 MiB).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    sched: crate::upload::schedule::Schedule,
+    k: u32,
+    b: u64,
+}
+
+impl Layout {
+    fn new(sched: crate::upload::schedule::Schedule, base_len: u64) -> Self {
+        let plain = Layout { sched, k: 0, b: 0 };
+        let Some((n, s)) = sched.part_of(base_len) else {
+            return plain;
+        };
+        let r = base_len - s;
+        if base_len == 0 || r == 0 {
+            return plain;
+        }
+        if r >= MIN_PART_SIZE {
+            Layout {
+                sched,
+                k: n,
+                b: base_len,
+            }
+        } else if n > 1 {
+            Layout {
+                sched,
+                k: n - 1,
+                b: base_len,
+            }
+        } else {
+            plain
+        }
+    }
+
+    /// The file offset where part `n` starts.
+    fn part_start(&self, n: u32) -> u64 {
+        if n <= self.k {
+            self.sched.part_start(n)
+        } else {
+            self.b + self.sched.part_start(n) - self.sched.part_start(self.k + 1)
+        }
+    }
+
+    /// The size of part `n` (before the file's end cuts it).
+    fn part_size(&self, n: u32) -> u64 {
+        if n == self.k {
+            self.b - self.sched.part_start(n)
+        } else {
+            self.sched.part_size(n)
+        }
+    }
+
+    /// The part holding byte `offset`, with its start.
+    fn part_of(&self, offset: u64) -> Option<(u32, u64)> {
+        if offset < self.b {
+            let (n, s) = self.sched.part_of(offset)?;
+            return Some(if n > self.k {
+                (self.k, self.sched.part_start(self.k))
+            } else {
+                (n, s)
+            });
+        }
+        let shift = self.sched.part_start(self.k + 1);
+        let (n, s) = self.sched.part_of(offset - self.b + shift)?;
+        Some((n, s - shift + self.b))
+    }
+
+    /// The largest file these parts hold.
+    fn max_file_size(&self) -> u64 {
+        self.part_start(MAX_PARTS + 1)
+    }
+}
+
+/// A new version of a file being composed.
+pub struct Patch {
+    target: Target,
+    layout: Layout,
+    cfg: UploadConfig,
+    base: Option<Base>,
+    /// Bytes 0..base_len of the file are the base's (a shrink cuts it).
+    base_len: u64,
+    size: u64,
+    /// Written bytes not sent yet, by part number.
+    parts: BTreeMap<u32, Extents>,
+    /// Bytes held in `parts`.
+    dirty: u64,
+    grant: Option<Grant>,
+    /// Parts handed to a task (sent, or on their way): final in this upload.
+    early: BTreeSet<u32>,
+    sent: BTreeMap<u32, SentPart>,
+    in_flight: JoinSet<Result<SentPart, S3Error>>,
+    /// The last block of the base read for a reader.
+    cache: Option<(u64, Bytes)>,
+    failed: Option<String>,
+    ended: bool,
+}
+
+fn extents_len(e: &Extents) -> u64 {
+    e.values().map(|v| v.len() as u64).sum()
+}
+
+/// Lays `data` at `off` into `e`, merging what it overlaps or touches.
+fn insert_extent(e: &mut Extents, off: u64, data: &[u8]) {
+    let end = off + data.len() as u64;
+    let touching: Vec<u64> = e
+        .range(..=end)
+        .rev()
+        .take_while(|(s, v)| **s + v.len() as u64 >= off)
+        .map(|(s, _)| *s)
+        .collect();
+    // The common case: appending to (or writing inside) one extent.
+    if let [only] = touching[..] {
+        if only <= off {
+            let v = e.get_mut(&only).expect("listed");
+            let rel = (off - only) as usize;
+            let keep = v.len().max(rel + data.len());
+            v.resize(keep, 0);
+            v[rel..rel + data.len()].copy_from_slice(data);
+            return;
+        }
+    }
+    let start = touching.iter().copied().min().unwrap_or(off).min(off);
+    let mut stop = end;
+    for s in &touching {
+        stop = stop.max(s + e[s].len() as u64);
+    }
+    let mut buf = vec![0u8; (stop - start) as usize];
+    for s in touching {
+        let v = e.remove(&s).expect("listed");
+        let r = (s - start) as usize;
+        buf[r..r + v.len()].copy_from_slice(&v);
+    }
+    let r = (off - start) as usize;
+    buf[r..r + data.len()].copy_from_slice(data);
+    e.insert(start, buf);
+}
+
+/// Copies the parts of `e` (offsets relative to `e_start`) that fall in
+/// `buf`, which holds bytes from `buf_start` on.
+fn overlay(buf: &mut [u8], buf_start: u64, e: &Extents, e_start: u64) {
+    let buf_end = buf_start + buf.len() as u64;
+    for (s, v) in e {
+        let a = (e_start + s).max(buf_start);
+        let b = (e_start + s + v.len() as u64).min(buf_end);
+        if a < b {
+            let from = (a - e_start - s) as usize;
+            buf[(a - buf_start) as usize..(b - buf_start) as usize]
+                .copy_from_slice(&v[from..from + (b - a) as usize]);
+        }
+    }
+}
+
+impl Patch {
+    /// A new version of `key` made of `base` (none: a file of zeros) cut or
+    /// grown to `size`, written by later calls, stored by [`Patch::commit`].
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        key: &str,
+        opts: PutOptions,
+        cfg: UploadConfig,
+        base: Option<Base>,
+        size: u64,
+    ) -> Self {
+        let base_len = base.as_ref().map_or(0, |b| b.size.min(size));
+        Patch {
+            target: Target::new(store, key, opts, &cfg),
+            layout: Layout::new(cfg.schedule, base_len),
+            cfg,
+            base,
+            base_len,
+            size,
+            parts: BTreeMap::new(),
+            dirty: 0,
+            grant: None,
+            early: BTreeSet::new(),
+            sent: BTreeMap::new(),
+            in_flight: JoinSet::new(),
+            cache: None,
+            failed: None,
+            ended: false,
+        }
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Written bytes held in memory.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty
+    }
+
+    /// Parts sent before the commit.
+    pub fn parts_sent_early(&self) -> usize {
+        self.early.len()
+    }
+
+    /// Whether nothing was written since the base (the commit has nothing to do).
+    pub fn unchanged(&self) -> bool {
+        self.parts.is_empty()
+            && self.early.is_empty()
+            && self
+                .base
+                .as_ref()
+                .is_some_and(|b| b.size == self.size && self.base_len == self.size)
+    }
+
+    /// The options the new version is created with; fixed once a part is sent.
+    pub fn options_mut(&mut self) -> &mut PutOptions {
+        &mut self.target.opts
+    }
+
+    /// The options the new version is created with.
+    pub fn options(&self) -> &PutOptions {
+        &self.target.opts
+    }
+
+    /// Whether the multipart upload was started (its options are then fixed).
+    pub fn is_multipart(&self) -> bool {
+        !self.early.is_empty()
+    }
+
+    /// Live counters, shared with `bucketfs status`.
+    pub fn progress_handle(&self) -> Arc<Progress> {
+        self.target.progress.clone()
+    }
+
+    /// Whether an earlier failure doomed this version.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// The range of part `n` in the file, cut at its size.
+    fn part_range(&self, n: u32) -> Range<u64> {
+        let s = self.layout.part_start(n);
+        s..(s + self.layout.part_size(n)).min(self.size)
+    }
+
+    /// The parts that `range` touches, with each one's start and length.
+    fn pieces(&self, range: Range<u64>) -> Vec<(u32, u64, u64)> {
+        let mut v = Vec::new();
+        let Some((mut n, mut s)) = self.layout.part_of(range.start) else {
+            return v;
+        };
+        while s < range.end && n <= MAX_PARTS {
+            let len = self.layout.part_size(n);
+            v.push((n, s, len));
+            s += len;
+            n += 1;
+        }
+        v
+    }
+
+    fn refused(&self, offset: u64, part: u32) -> UploadError {
+        UploadError::IntoSentPart {
+            offset,
+            part,
+            size: self.size,
+        }
+    }
+
+    fn check(&self) -> Result<(), UploadError> {
+        match &self.failed {
+            Some(f) => Err(UploadError::Failed(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: impl std::fmt::Display) -> UploadError {
+        let msg = e.to_string();
+        tracing::warn!(key = %self.target.key, error = %msg, "new version failed");
+        if self.failed.is_none() {
+            self.failed = Some(msg.clone());
+        }
+        UploadError::Failed(msg)
+    }
+
+    /// Writes `data` at `offset` (past the end, the gap reads as zeros).
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), UploadError> {
+        self.check()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset + data.len() as u64;
+        let max = self.layout.max_file_size();
+        if end > max {
+            return Err(UploadError::TooLarge { end, max });
+        }
+        let pieces = self.pieces(offset..end);
+        if let Some((n, ..)) = pieces.iter().find(|(n, ..)| self.early.contains(n)) {
+            return Err(self.refused(offset, *n));
+        }
+        let mut full = Vec::new();
+        for (n, s, len) in pieces {
+            let a = offset.max(s);
+            let b = end.min(s + len);
+            let e = self.parts.entry(n).or_default();
+            let before = extents_len(e);
+            insert_extent(
+                e,
+                a - s,
+                &data[(a - offset) as usize..(b - offset) as usize],
+            );
+            let after = extents_len(e);
+            self.dirty = self.dirty + after - before;
+            if after == len {
+                full.push(n);
+            }
+        }
+        self.size = self.size.max(end);
+        for n in full {
+            self.send_early(n).await?;
+        }
+        self.hold_memory().await
+    }
+
+    /// Grants memory for the extents held; past half the budget, sends the
+    /// part with the most written bytes first.
+    async fn hold_memory(&mut self) -> Result<(), UploadError> {
+        let share = self.cfg.budget.limit() / 2;
+        while self.dirty > share {
+            let Some(n) = self
+                .parts
+                .iter()
+                .max_by_key(|(_, e)| extents_len(e))
+                .map(|(n, _)| *n)
+            else {
+                break;
+            };
+            tracing::debug!(key = %self.target.key, part = n, dirty = self.dirty, "written bytes outgrow their memory share: sending a part early");
+            self.send_early(n).await?;
+        }
+        let want = self.dirty.div_ceil(GRANT_STEP) * GRANT_STEP;
+        let have = self.grant.as_ref().map_or(0, Grant::bytes);
+        if want > have {
+            let g = match self
+                .cfg
+                .budget
+                .grant(want - have, self.cfg.memory_wait)
+                .await
+            {
+                Ok(g) => g,
+                Err(e) => return Err(UploadError::NoMemory(e)),
+            };
+            match &mut self.grant {
+                Some(mine) => mine.absorb(g),
+                None => self.grant = Some(g),
+            }
+        } else if let Some(g) = &mut self.grant {
+            g.shrink_to(want);
+        }
+        Ok(())
+    }
+
+    /// Bytes `range` of the base (within `base_len`), pinned to its version.
+    async fn base_bytes(&self, range: Range<u64>) -> Result<Bytes, S3Error> {
+        let b = self
+            .base
+            .as_ref()
+            .expect("bytes below base_len have a base");
+        let g = self
+            .target
+            .store
+            .get_object(Source::pinned(&b.key, &b.etag), Some(range.clone()))
+            .await?;
+        if g.body.len() as u64 != range.end - range.start {
+            return Err(S3Error::malformed(
+                "GetObject",
+                format!(
+                    "{} bytes for range {}..{} of {}",
+                    g.body.len(),
+                    range.start,
+                    range.end,
+                    b.key
+                ),
+            ));
+        }
+        Ok(g.body)
+    }
+
+    /// The bytes of part `n` of the new version.
+    async fn rebuild(&self, n: u32) -> Result<Bytes, S3Error> {
+        let r = self.part_range(n);
+        let mut buf = BytesMut::zeroed((r.end - r.start) as usize);
+        let covered = self
+            .parts
+            .get(&n)
+            .is_some_and(|e| extents_len(e) == r.end - r.start);
+        if r.start < self.base_len && !covered {
+            let b = self.base_bytes(r.start..r.end.min(self.base_len)).await?;
+            buf[..b.len()].copy_from_slice(&b);
+        }
+        if let Some(e) = self.parts.get(&n) {
+            overlay(&mut buf, r.start, e, r.start);
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Sends part `n` now (before the commit): it is final in this upload.
+    async fn send_early(&mut self, n: u32) -> Result<(), UploadError> {
+        let body = match self.rebuild(n).await {
+            Ok(b) => b,
+            Err(e) => return Err(self.fail(format!("reading the base for part {n}: {e}"))),
+        };
+        if let Some(e) = self.parts.remove(&n) {
+            self.dirty -= extents_len(&e);
+        }
+        self.early.insert(n);
+        self.spawn_send(n, body, true).await
+    }
+
+    async fn spawn_send(&mut self, n: u32, body: Bytes, more: bool) -> Result<(), UploadError> {
+        while self.in_flight.len() >= self.cfg.max_in_flight.max(1) {
+            self.reap_one().await?;
+        }
+        self.in_flight
+            .spawn(self.target.clone().send(n, body, None, more));
+        Ok(())
+    }
+
+    fn spawn_copy(&mut self, n: u32, range: Range<u64>) {
+        let t = self.target.clone();
+        let b = self.base.clone().expect("copied parts have a base");
+        self.in_flight.spawn(async move {
+            let id = t.upload_id().await?;
+            let etag = t
+                .store
+                .upload_part_copy(&t.key, &id, n, Source::pinned(&b.key, &b.etag), range)
+                .await?;
+            let md5 = crate::s3::parse_hex_md5(&bare_etag(&etag)).unwrap_or([0; 16]);
+            Ok(SentPart {
+                number: n,
+                etag,
+                md5,
+            })
+        });
+    }
+
+    async fn reap_one(&mut self) -> Result<(), UploadError> {
+        match self.in_flight.join_next().await {
+            None => Ok(()),
+            Some(Ok(Ok(p))) => {
+                self.sent.insert(p.number, p);
+                Ok(())
+            }
+            Some(Ok(Err(e))) => Err(self.fail(e)),
+            Some(Err(e)) => Err(self.fail(format!("part task: {e}"))),
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of the new version (fewer at its end).
+    pub async fn read(&mut self, offset: u64, len: u32) -> Result<Bytes, UploadError> {
+        self.check()?;
+        let end = (offset + len as u64).min(self.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let pieces = self.pieces(offset..end);
+        if let Some((n, ..)) = pieces.iter().find(|(n, ..)| self.early.contains(n)) {
+            return Err(self.refused(offset, *n));
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        if offset < self.base_len {
+            let upto = end.min(self.base_len);
+            let b = self
+                .cached_base(offset..upto)
+                .await
+                .map_err(|e| UploadError::Failed(format!("reading the base: {e}")))?;
+            buf[..b.len()].copy_from_slice(&b);
+        }
+        for (n, s, _) in pieces {
+            if let Some(e) = self.parts.get(&n) {
+                overlay(&mut buf, offset, e, s);
+            }
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    /// Base bytes for a reader, through a one-block cache.
+    async fn cached_base(&mut self, r: Range<u64>) -> Result<Bytes, S3Error> {
+        if let Some((at, b)) = &self.cache {
+            if *at <= r.start && r.end <= at + b.len() as u64 {
+                return Ok(b.slice((r.start - at) as usize..(r.end - at) as usize));
+            }
+        }
+        let at = r.start - r.start % READ_BLOCK;
+        let upto = (at + READ_BLOCK).max(r.end).min(self.base_len);
+        let b = self.base_bytes(at..upto).await?;
+        let out = b.slice((r.start - at) as usize..(r.end - at) as usize);
+        self.cache = Some((at, b));
+        Ok(out)
+    }
+
+    /// Sets the size: a shrink drops what lies past it (and the base's
+    /// bytes there: growing again shows zeros); a grow adds zeros.
+    pub async fn truncate(&mut self, size: u64) -> Result<(), UploadError> {
+        self.check()?;
+        let max = self.layout.max_file_size();
+        if size > max {
+            return Err(UploadError::TooLarge { end: size, max });
+        }
+        if size < self.size {
+            let cut = self
+                .early
+                .iter()
+                .copied()
+                .find(|n| self.layout.part_start(n + 1) > size);
+            if let Some(n) = cut {
+                return Err(self.refused(size, n));
+            }
+            let keep = self.layout.part_of(size).map(|(n, s)| (n, size - s));
+            self.parts.retain(|n, e| match keep {
+                Some((k, _)) if *n < k => true,
+                Some((k, rel)) if *n == k => {
+                    e.retain(|s, _| *s < rel);
+                    if let Some((s, v)) = e.iter_mut().next_back() {
+                        v.truncate((rel - s).min(v.len() as u64) as usize);
+                    }
+                    !e.is_empty()
+                }
+                _ => false,
+            });
+            self.dirty = self.parts.values().map(extents_len).sum();
+            self.base_len = self.base_len.min(size);
+            self.cache = None;
+        }
+        self.size = size;
+        self.hold_memory().await
+    }
+
+    /// Stores the new version at the key; any failure aborts it and is
+    /// returned (the object at the key is then what it was). Asks no
+    /// memory of the budget, so a close always makes progress.
+    pub async fn commit(mut self) -> Result<Finished, UploadError> {
+        let r = self.try_commit().await;
+        if r.is_err() {
+            self.abort().await;
+        }
+        r
+    }
+
+    async fn try_commit(&mut self) -> Result<Finished, UploadError> {
+        self.check()?;
+        while !self.in_flight.is_empty() {
+            self.reap_one().await?;
+        }
+        let size = self.size;
+        if self.unchanged() {
+            let b = self.base.as_ref().expect("unchanged has a base");
+            return Ok(Finished {
+                etag: b.etag.clone(),
+                size,
+                parts: 0,
+            });
+        }
+        if self.early.is_empty() && size <= self.layout.part_size(1) {
+            let body = if size == 0 {
+                Bytes::new()
+            } else {
+                match self.rebuild(1).await {
+                    Ok(b) => b,
+                    Err(e) => return Err(self.fail(format!("reading the base: {e}"))),
+                }
+            };
+            let Some(md5) = md5x::md5_of_body(&body).await else {
+                return Err(self.fail("PutObject: hashing the body failed"));
+            };
+            let t = &self.target;
+            return match t.store.put_object(&t.key, body, Some(md5), &t.opts).await {
+                Ok(etag) => {
+                    t.progress.bytes_sent.fetch_add(size, Ordering::Relaxed);
+                    Ok(Finished {
+                        etag,
+                        size,
+                        parts: 0,
+                    })
+                }
+                Err(e) => Err(self.fail(format!("PutObject: {e}"))),
+            };
+        }
+        let last = self.layout.part_of(size - 1).map_or(MAX_PARTS, |(n, _)| n);
+        for n in 1..=last {
+            if self.early.contains(&n) {
+                continue;
+            }
+            let r = self.part_range(n);
+            if !self.parts.contains_key(&n) && r.end <= self.base_len {
+                while self.in_flight.len() >= self.cfg.max_in_flight.max(1) {
+                    self.reap_one().await?;
+                }
+                self.spawn_copy(n, r);
+            } else {
+                let body = match self.rebuild(n).await {
+                    Ok(b) => b,
+                    Err(e) => return Err(self.fail(format!("reading the base for part {n}: {e}"))),
+                };
+                self.parts.remove(&n);
+                self.spawn_send(n, body, n < last).await?;
+            }
+            self.early.insert(n);
+        }
+        while !self.in_flight.is_empty() {
+            self.reap_one().await?;
+        }
+        let etag = match self.target.complete_checked(&self.sent, size).await {
+            Ok(e) => e,
+            Err(e) => return Err(self.fail(e)),
+        };
+        self.ended = true;
+        Ok(Finished {
+            etag,
+            size,
+            parts: self.sent.len() as u32,
+        })
+    }
+
+    /// Stops every part and aborts the multipart upload, if one was created.
+    pub async fn abort(&mut self) {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        if !self.ended {
+            self.ended = true;
+            self.target.abort_created().await;
+        }
+        self.parts.clear();
+        self.dirty = 0;
+        self.grant = None;
+        if self.failed.is_none() {
+            self.failed = Some("aborted".into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
