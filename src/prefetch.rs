@@ -72,6 +72,9 @@ pub struct Reader {
     reads: u64,
     /// The inode read (the filesystem's bookkeeping; 0 when unset).
     pub ino: u64,
+    /// The versions of the inode the filesystem had stored when this
+    /// reader was made (its bookkeeping too).
+    pub commits: u64,
 }
 
 /// The object a reader reads, shared by its streams.
@@ -139,6 +142,7 @@ impl Reader {
             obj,
             reads: 0,
             ino: 0,
+            commits: 0,
         }
     }
 

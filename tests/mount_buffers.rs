@@ -9,23 +9,11 @@ use common::mount::Mounted;
 use common::*;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1024 * 1024;
-
-/// close(2) with its result (dropping a File ignores it).
-fn close(f: File) -> std::io::Result<()> {
-    let fd = f.into_raw_fd();
-    // SAFETY: fd was just released by the File and is closed once.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
 
 /// Polls S3 until no multipart upload is left under `prefix` (release runs
 /// after close returns).

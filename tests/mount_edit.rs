@@ -8,22 +8,12 @@ use bucketfs::s3::*;
 use common::mount::Mounted;
 use common::*;
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
 const MIB: usize = 1024 * 1024;
-
-/// close(2) with its result (File's drop ignores it).
-fn close(f: File) -> std::io::Result<()> {
-    let fd = f.into_raw_fd();
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
 
 async fn stored(c: &Client, b: &str, key: &str) -> Vec<u8> {
     c.get_object(b, key, None, None)

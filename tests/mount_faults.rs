@@ -6,11 +6,11 @@
 
 mod common;
 
+use common::close;
 use common::mount::Mounted;
 use common::proxy::{FailAll, FaultProxy, Faults};
 use md5::{Digest, Md5};
 use std::io::Write;
-use std::os::fd::IntoRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -35,17 +35,6 @@ fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// close(2) with its result (File's drop ignores it).
-fn close(f: std::fs::File) -> std::io::Result<()> {
-    let fd = f.into_raw_fd();
-    // SAFETY: we own fd and close it once.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 

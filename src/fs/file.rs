@@ -106,13 +106,7 @@ impl Fs {
     /// the inode's writer.
     pub(super) async fn join_file(&self, ino: u64, fh: u64, trunc: bool) -> FsResult<SharedFile> {
         if let Some(f) = self.open_file(ino) {
-            let mut g = f.lock().await;
-            g.handles += 1;
-            if trunc {
-                self.file_truncate(&mut g, 0).await?;
-            }
-            drop(g);
-            return Ok(f);
+            return self.join_open(f, trunc).await;
         }
         let i = self.inode(ino)?;
         let fresh = i.local;
@@ -158,13 +152,7 @@ impl Fs {
         };
         if let Some(other) = other {
             // Another open won the race: join it (it holds the same base).
-            let mut g = other.lock().await;
-            g.handles += 1;
-            if trunc {
-                self.file_truncate(&mut g, 0).await?;
-            }
-            drop(g);
-            return Ok(other);
+            return self.join_open(other, trunc).await;
         }
         if let Some(t) = self.table().get_mut(ino) {
             if t.writer.is_none() {
@@ -175,6 +163,18 @@ impl Fs {
             }
         }
         Ok(file)
+    }
+
+    /// One more descriptor of an open file (`trunc`: emptied); a refused
+    /// truncation leaves the count as it was.
+    async fn join_open(&self, f: SharedFile, trunc: bool) -> FsResult<SharedFile> {
+        let mut g = f.lock().await;
+        if trunc {
+            self.file_truncate(&mut g, 0).await?;
+        }
+        g.handles += 1;
+        drop(g);
+        Ok(f)
     }
 
     /// The options a new version of the file is created with: what the
@@ -465,6 +465,7 @@ impl Fs {
             i.size = fin.size;
             i.etag = Some(fin.etag.clone());
             i.local = false;
+            i.commits += 1;
             i.valid_until = Instant::now() + self.cfg.metadata_ttl;
             i.version = Some((fin.etag, None));
             i.stored = Some(StoredMeta::of_options(&sent));

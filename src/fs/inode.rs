@@ -76,6 +76,10 @@ pub struct Inode {
     /// leave the file stored. (A name merely taken by a directory another
     /// client made is not an unlink.)
     pub unlinked: bool,
+    /// Versions this mount stored of the file: a reader opened before the
+    /// last one reads the new one (another client's replacement is not
+    /// counted: a reader of that gets ESTALE instead of mixing versions).
+    pub commits: u64,
     /// For a directory: its children here are its complete listing until
     /// then (a fresh listing, or mkdir of an empty directory), so a name not
     /// among them does not exist and costs no request.
@@ -206,6 +210,7 @@ impl Inode {
             readers: 0,
             local: false,
             unlinked: false,
+            commits: 0,
             complete_until: None,
             stored: None,
             version: None,

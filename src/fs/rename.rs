@@ -397,6 +397,8 @@ impl Fs {
             if let Some(i) = t.get_mut(src.ino) {
                 i.etag = Some(etag.clone());
                 i.version = Some((etag, None));
+                // Its readers read on at the new key (the same bytes).
+                i.commits += 1;
                 i.ctime = SystemTime::now();
                 i.valid_until = Instant::now() + self.cfg.metadata_ttl;
                 if let MetadataDirective::Replace(o) = directive {

@@ -96,17 +96,7 @@ impl Fs {
         }
         let acc = flags & libc::O_ACCMODE;
         if acc == libc::O_RDONLY {
-            let mut r = Reader::new(
-                self.store.clone(),
-                inode.key.clone(),
-                inode.size,
-                self.cfg.max_readahead,
-                self.cfg.read_budget.clone(),
-            );
-            if let Some(e) = &inode.etag {
-                r.pin_to(e);
-            }
-            r.ino = ino;
+            let r = self.reader_for(&inode);
             if let Some(i) = self.table().get_mut(ino) {
                 i.readers += 1;
             }
@@ -184,23 +174,32 @@ impl Fs {
             .map_err(|e| read_failed(fh, offset, size, e))
     }
 
+    /// Whether a reader reads the version of its file this mount stored
+    /// last (a replacement by another client is the reader's to find:
+    /// ESTALE rather than a silent switch).
+    fn reader_current(&self, r: &Reader) -> bool {
+        self.table()
+            .get(r.ino)
+            .is_some_and(|i| i.commits == r.commits && !i.local)
+    }
+
     /// A reader opened while the file was being written, or before this
     /// mount stored a new version of it, reads the version stored now.
     fn refresh_reader(&self, r: &mut Reader) -> FsResult<()> {
-        let i = self.inode(r.ino)?;
-        let same = |a: &str, b: &str| crate::s3::bare_etag(a) == crate::s3::bare_etag(b);
-        let pinned = r.pinned();
-        let current = match (&pinned, &i.etag) {
-            (Some(a), Some(b)) => same(a, b),
-            _ => true,
-        };
-        if r.size() == i.size && current && !i.local {
+        if self.reader_current(r) {
             return Ok(());
         }
+        let i = self.inode(r.ino)?;
         if i.local {
             return Err(FsError::Io("file not stored yet".into()));
         }
-        let mut fresh = Reader::new(
+        *r = self.reader_for(&i);
+        Ok(())
+    }
+
+    /// A reader of the version of `i` stored now.
+    fn reader_for(&self, i: &Inode) -> Reader {
+        let mut r = Reader::new(
             self.store.clone(),
             i.key.clone(),
             i.size,
@@ -208,11 +207,11 @@ impl Fs {
             self.cfg.read_budget.clone(),
         );
         if let Some(e) = &i.etag {
-            fresh.pin_to(e);
+            r.pin_to(e);
         }
-        fresh.ino = r.ino;
-        *r = fresh;
-        Ok(())
+        r.ino = i.ino;
+        r.commits = i.commits;
+        r
     }
 
     /// A read answered on the calling thread from bytes already fetched;
@@ -224,7 +223,7 @@ impl Fs {
         let Handle::Read(r) = &mut *g else {
             return None;
         };
-        if self.open_file(r.ino).is_some() || r.size() != self.inode(r.ino).ok()?.size {
+        if self.open_file(r.ino).is_some() || !self.reader_current(r) {
             return None;
         }
         Some(

@@ -550,14 +550,9 @@ impl Upload {
 
     /// Records one finished part task; a failed part dooms the upload.
     async fn reap_one(&mut self) -> Result<(), UploadError> {
-        match self.in_flight.join_next().await {
-            None => Ok(()),
-            Some(Ok(Ok(p))) => {
-                self.sent.insert(p.number, p);
-                Ok(())
-            }
-            Some(Ok(Err(e))) => Err(self.fail(e)),
-            Some(Err(e)) => Err(self.fail(format!("part task: {e}"))),
+        match reap_part(&mut self.in_flight, &mut self.sent).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(e)),
         }
     }
 
@@ -575,6 +570,23 @@ impl Upload {
         self.in_flight
             .spawn(self.target.clone().send(number, body, grant, more));
         Ok(())
+    }
+}
+
+/// Waits for one part task of `in_flight` and records the part in `sent`;
+/// the error of a failed one.
+async fn reap_part(
+    in_flight: &mut JoinSet<Result<SentPart, S3Error>>,
+    sent: &mut BTreeMap<u32, SentPart>,
+) -> Result<(), String> {
+    match in_flight.join_next().await {
+        None => Ok(()),
+        Some(Ok(Ok(p))) => {
+            sent.insert(p.number, p);
+            Ok(())
+        }
+        Some(Ok(Err(e))) => Err(e.to_string()),
+        Some(Err(e)) => Err(format!("part task: {e}")),
     }
 }
 

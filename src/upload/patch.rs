@@ -40,6 +40,19 @@ pub struct Base {
     pub size: u64,
 }
 
+impl Base {
+    /// The base as a copy or GET source, pinned to its version (unpinned
+    /// when the server told no ETag: Ceph RGW's Complete may not, and a
+    /// HEAD after it can find another writer's object).
+    fn source(&self) -> Source<'_> {
+        if self.etag.is_empty() {
+            Source::key(&self.key)
+        } else {
+            Source::pinned(&self.key, &self.etag)
+        }
+    }
+}
+
 /// Bytes of the base read for readers, fetched in blocks of this size.
 const READ_BLOCK: u64 = 4 << 20;
 /// Memory is granted for extents in steps of this size.
@@ -420,7 +433,7 @@ impl Patch {
         let g = self
             .target
             .store
-            .get_object(Source::pinned(&b.key, &b.etag), Some(range.clone()))
+            .get_object(b.source(), Some(range.clone()))
             .await?;
         if g.body.len() as u64 != range.end - range.start {
             return Err(S3Error::malformed(
@@ -484,7 +497,7 @@ impl Patch {
             let id = t.upload_id().await?;
             let etag = t
                 .store
-                .upload_part_copy(&t.key, &id, n, Source::pinned(&b.key, &b.etag), range)
+                .upload_part_copy(&t.key, &id, n, b.source(), range)
                 .await?;
             let md5 = crate::s3::parse_hex_md5(&bare_etag(&etag)).unwrap_or([0; 16]);
             Ok(SentPart {
@@ -496,14 +509,9 @@ impl Patch {
     }
 
     async fn reap_one(&mut self) -> Result<(), UploadError> {
-        match self.in_flight.join_next().await {
-            None => Ok(()),
-            Some(Ok(Ok(p))) => {
-                self.sent.insert(p.number, p);
-                Ok(())
-            }
-            Some(Ok(Err(e))) => Err(self.fail(e)),
-            Some(Err(e)) => Err(self.fail(format!("part task: {e}"))),
+        match super::reap_part(&mut self.in_flight, &mut self.sent).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(e)),
         }
     }
 

@@ -7,6 +7,18 @@ use bucketfs::s3::{Client, ConfigOverrides, S3Config};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+/// close(2) with its result (dropping a File ignores it).
+pub fn close(f: std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = f.into_raw_fd();
+    // SAFETY: fd was just released by the File and is closed once.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// One `x-amz-meta-*` value of a HEAD (name without the prefix).
 pub fn meta<'a>(h: &'a bucketfs::s3::ObjectHead, k: &str) -> Option<&'a str> {
     h.metadata.get(k).map(String::as_str)

@@ -55,7 +55,9 @@ async fn stored_to_patching_to_stored() {
     store.insert_object("f", Bytes::from(want.clone()), &PutOptions::default());
     let ino = ino_of(&fs, "f").await;
     let fh = fs.open(ino, libc::O_WRONLY, 1).await.unwrap();
-    fs.write(fh, 7 * MIB as u64, b"patch", Some(9)).await.unwrap();
+    fs.write(fh, 7 * MIB as u64, b"patch", Some(9))
+        .await
+        .unwrap();
     want[7 * MIB..7 * MIB + 5].copy_from_slice(b"patch");
     fs.flush(fh, from(9)).await.unwrap();
     fs.release(fh).await.unwrap();
@@ -93,7 +95,11 @@ async fn a_truncate_to_zero_starts_a_new_stream() {
     fs.flush(fh, from(1)).await.unwrap();
     fs.release(fh).await.unwrap();
     assert_eq!(stored(&store, "f"), b"new");
-    assert_eq!(store.calls(Op::GetObject), 0, "nothing of the old object read");
+    assert_eq!(
+        store.calls(Op::GetObject),
+        0,
+        "nothing of the old object read"
+    );
 }
 
 /// Streaming → commit (fsync) → Patching: writes after an fsync keep what
@@ -107,7 +113,9 @@ async fn fsync_then_pwrite_goes_on_from_the_stored_version() {
     fs.fsync(a.ino, fh).await.unwrap();
     assert!(stored(&store, "f") == want);
     fs.write(fh, 0, b"HDR!", Some(1)).await.unwrap();
-    fs.write(fh, 12 * MIB as u64, b"END", Some(1)).await.unwrap();
+    fs.write(fh, 12 * MIB as u64, b"END", Some(1))
+        .await
+        .unwrap();
     want[..4].copy_from_slice(b"HDR!");
     want.extend_from_slice(b"END");
     fs.flush(fh, from(1)).await.unwrap();
@@ -152,7 +160,11 @@ async fn two_opens_share_the_file_and_a_reader_sees_it() {
     fs.release(w2).await.unwrap();
     fs.write(w1, 11, b"!", Some(1)).await.unwrap();
     fs.release(w1).await.unwrap();
-    assert_eq!(stored(&store, "f"), b"hello WORLD!", "the last release commits");
+    assert_eq!(
+        stored(&store, "f"),
+        b"hello WORLD!",
+        "the last release commits"
+    );
     assert_eq!(&fs.read(r, 0, 100).await.unwrap()[..], b"hello WORLD!");
     fs.release(r).await.unwrap();
 }
@@ -165,7 +177,9 @@ async fn a_new_file_checkpoints_to_write_into_a_sent_part() {
     let (_, fh) = fs.create(ROOT, OsStr::new("f"), 0o644, 1).await.unwrap();
     let mut want = body(16 * MIB, 5);
     fs.write(fh, 0, &want, Some(1)).await.unwrap();
-    fs.write(fh, 6 * MIB as u64, b"late", Some(1)).await.unwrap();
+    fs.write(fh, 6 * MIB as u64, b"late", Some(1))
+        .await
+        .unwrap();
     want[6 * MIB..6 * MIB + 4].copy_from_slice(b"late");
     assert_eq!(store.calls(Op::CompleteMultipartUpload), 1, "a checkpoint");
     fs.flush(fh, from(1)).await.unwrap();
@@ -181,17 +195,29 @@ async fn an_overwrite_refuses_to_checkpoint_and_keeps_the_old_object() {
     let (store, fs) = setup();
     store.insert_object("f", Bytes::from_static(b"old"), &PutOptions::default());
     let ino = ino_of(&fs, "f").await;
-    let fh = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, 1).await.unwrap();
+    let fh = fs
+        .open(ino, libc::O_WRONLY | libc::O_TRUNC, 1)
+        .await
+        .unwrap();
     fs.write(fh, 0, &body(16 * MIB, 6), Some(1)).await.unwrap();
-    let e = fs.write(fh, 6 * MIB as u64, b"late", Some(1)).await.unwrap_err();
+    let e = fs
+        .write(fh, 6 * MIB as u64, b"late", Some(1))
+        .await
+        .unwrap_err();
     assert_eq!(e.errno(), libc::EIO);
     assert!(fs.flush(fh, from(1)).await.is_err());
-    assert!(fs.flush(fh, from(1)).await.is_err(), "every close reports it");
+    assert!(
+        fs.flush(fh, from(1)).await.is_err(),
+        "every close reports it"
+    );
     fs.release(fh).await.unwrap();
     assert_eq!(stored(&store, "f"), b"old");
     assert!(store.uploads().is_empty());
     // The next open starts over.
-    let fh = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, 1).await.unwrap();
+    let fh = fs
+        .open(ino, libc::O_WRONLY | libc::O_TRUNC, 1)
+        .await
+        .unwrap();
     fs.write(fh, 0, b"again", Some(1)).await.unwrap();
     fs.flush(fh, from(1)).await.unwrap();
     fs.release(fh).await.unwrap();
@@ -212,7 +238,10 @@ async fn a_rename_before_the_release_moves_the_open_file() {
     assert!(store.object(".tmp").is_none());
     fs.write(fh, 7, b"+", Some(1)).await.unwrap();
     fs.release(fh).await.unwrap();
-    assert!(store.object(".tmp").is_none(), "nothing back at the old name");
+    assert!(
+        store.object(".tmp").is_none(),
+        "nothing back at the old name"
+    );
     assert_eq!(stored(&store, "final"), b"content+");
 }
 
@@ -240,7 +269,9 @@ async fn a_failed_commit_leaves_the_old_object_and_size() {
     store.insert_object("f", Bytes::from(body(12 * MIB, 7)), &PutOptions::default());
     let ino = ino_of(&fs, "f").await;
     let fh = fs.open(ino, libc::O_WRONLY, 1).await.unwrap();
-    fs.write(fh, 12 * MIB as u64, b"more", Some(1)).await.unwrap();
+    fs.write(fh, 12 * MIB as u64, b"more", Some(1))
+        .await
+        .unwrap();
     assert_eq!(fs.getattr(ino).unwrap().size, 12 * MIB as u64 + 4);
     store.fail_all(Op::CompleteMultipartUpload, "InternalError");
     assert!(fs.flush(fh, from(1)).await.is_err());
@@ -267,4 +298,22 @@ async fn fallocate_grows_or_is_refused() {
     fs.flush(fh, from(1)).await.unwrap();
     fs.release(fh).await.unwrap();
     assert_eq!(stored(&store, "f"), b"ab\0\0\0\0\0\0\0\0");
+}
+
+/// A reader open across a rename reads on (at the new key): the object it
+/// read is not gone from under it.
+#[tokio::test]
+async fn a_reader_reads_on_after_a_rename() {
+    let (store, fs) = setup();
+    let want = body(40 * MIB, 8);
+    store.insert_object("a", Bytes::from(want.clone()), &PutOptions::default());
+    let ino = ino_of(&fs, "a").await;
+    let r = fs.open(ino, libc::O_RDONLY, 1).await.unwrap();
+    assert_eq!(&fs.read(r, 0, 10).await.unwrap()[..], &want[..10]);
+    fs.rename(ROOT, OsStr::new("a"), ROOT, OsStr::new("b"), 0)
+        .await
+        .unwrap();
+    let got = fs.read(r, 30 * MIB as u64, 10).await.unwrap();
+    assert_eq!(&got[..], &want[30 * MIB..30 * MIB + 10]);
+    fs.release(r).await.unwrap();
 }
