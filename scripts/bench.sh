@@ -112,7 +112,7 @@ fi
 for i in $(seq -w 1 500); do head -c 4096 /dev/urandom >"$src/small/f$i"; done
 if does zip; then
     mkdir -p "$src/tree/small"
-    for i in $(seq -w 1 12); do head -c $((big / 1024 * 80 / 1024)) /dev/urandom >"$src/tree/f$i"; done
+    for i in $(seq -w 1 12); do head -c $((big / 1024 * 80)) /dev/urandom >"$src/tree/f$i"; done
     for i in $(seq -w 1 200); do head -c 4096 /dev/urandom >"$src/tree/small/s$i"; done
     (cd "$src" && zip -q -r -0 "$work/ref.zip" tree)
 fi

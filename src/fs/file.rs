@@ -68,6 +68,13 @@ pub(super) struct OpenFile {
     stored_size: Option<u64>,
     /// Reads of the stored version, with read-ahead.
     pub(super) reader: Option<Reader>,
+    /// The stored version's bytes when this mount just sent them in one
+    /// PutObject (a small file's commit), held from the write budget: the
+    /// next version over it needs no GET of them (sqlite commits often).
+    base_body: Option<(bytes::Bytes, crate::upload::budget::Grant)>,
+    /// Its last descriptor was released: no longer the inode's open file
+    /// (an open that found it just before must start a new one).
+    ended: bool,
 }
 
 pub(super) type SharedFile = Arc<tokio::sync::Mutex<OpenFile>>;
@@ -105,6 +112,16 @@ impl Fs {
     /// inode, or starts one (`trunc`: empty, streaming). The caller marked
     /// the inode's writer.
     pub(super) async fn join_file(&self, ino: u64, fh: u64, trunc: bool) -> FsResult<SharedFile> {
+        loop {
+            if let Some(f) = self.start_or_join(ino, fh, trunc).await? {
+                return Ok(f);
+            }
+        }
+    }
+
+    /// [`Fs::join_file`] once: None when the open file it found ended
+    /// meanwhile (its last release ran first).
+    async fn start_or_join(&self, ino: u64, fh: u64, trunc: bool) -> FsResult<Option<SharedFile>> {
         if let Some(f) = self.open_file(ino) {
             return self.join_open(f, trunc).await;
         }
@@ -124,7 +141,7 @@ impl Fs {
             })
         };
         let stored_size = base.as_ref().map(|b| b.size);
-        let mut open = OpenFile {
+        let open = OpenFile {
             ino,
             key: i.key.clone(),
             fresh,
@@ -132,13 +149,9 @@ impl Fs {
             handles: 1,
             stored_size,
             reader: None,
+            base_body: None,
+            ended: false,
         };
-        if trunc {
-            self.begin(
-                &mut open,
-                Content::Streaming(self.new_upload(i.key.clone(), ino)),
-            );
-        }
         let file = Arc::new(tokio::sync::Mutex::new(open));
         let other = {
             let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,19 +175,31 @@ impl Fs {
                 t.size = 0;
             }
         }
-        Ok(file)
+        if trunc {
+            // Emptied once it is the inode's: an open that joined meanwhile
+            // came first (its open returned before this one's).
+            let mut g = file.lock().await;
+            if let Err(e) = self.file_truncate(&mut g, 0).await {
+                g.handles -= 1;
+                return Err(e);
+            }
+        }
+        Ok(Some(file))
     }
 
     /// One more descriptor of an open file (`trunc`: emptied); a refused
-    /// truncation leaves the count as it was.
-    async fn join_open(&self, f: SharedFile, trunc: bool) -> FsResult<SharedFile> {
+    /// truncation leaves the count as it was. None: it ended meanwhile.
+    async fn join_open(&self, f: SharedFile, trunc: bool) -> FsResult<Option<SharedFile>> {
         let mut g = f.lock().await;
+        if g.ended {
+            return Ok(None);
+        }
         if trunc {
             self.file_truncate(&mut g, 0).await?;
         }
         g.handles += 1;
         drop(g);
-        Ok(f)
+        Ok(Some(f))
     }
 
     /// The options a new version of the file is created with: what the
@@ -209,14 +234,11 @@ impl Fs {
             Some(b) => {
                 let opts = self.version_options(f.ino).await?;
                 let (store, cfg) = (self.store.clone(), self.cfg.upload.clone());
-                Content::Patching(Patch::new(
-                    store,
-                    &f.key,
-                    opts,
-                    cfg,
-                    Some(b.clone()),
-                    b.size,
-                ))
+                let mut p = Patch::new(store, &f.key, opts, cfg, Some(b.clone()), b.size);
+                if let Some((body, grant)) = f.base_body.take() {
+                    p.seed_base(body, grant);
+                }
+                Content::Patching(p)
             }
         };
         tracing::debug!(key = %f.key, to = next.name(), "writing begins");
@@ -227,6 +249,7 @@ impl Fs {
     /// The content starts being written (shown in `bucketfs status`).
     pub(super) fn begin(&self, f: &mut OpenFile, c: Content) {
         f.reader = None;
+        f.base_body = None;
         f.content = c;
         match &f.content {
             Content::Streaming(u) => self.track(f.ino, &f.key, u.progress_handle()),
@@ -304,24 +327,30 @@ impl Fs {
                 Content::Failed(_) => return Err(f.failed().expect("failed")),
                 Content::Stored(None) => return Ok(bytes::Bytes::new()),
                 Content::Stored(Some(b)) => {
+                    if let Some((body, _)) = &f.base_body {
+                        let at = (offset as usize).min(body.len());
+                        let end = (at + len as usize).min(body.len());
+                        return Ok(body.slice(at..end));
+                    }
                     let b = b.clone();
-                    let (store, max, budget) = (
-                        self.store.clone(),
-                        self.cfg.max_readahead,
-                        self.cfg.read_budget.clone(),
-                    );
-                    let r = f.reader.get_or_insert_with(|| {
-                        let r = Reader::new(store, b.key.clone(), b.size, max, budget);
-                        r.pin_to(&b.etag);
-                        r
-                    });
+                    if f.reader.is_none() {
+                        f.reader = Some(self.base_reader(&b));
+                    }
+                    let r = f.reader.as_mut().expect("set above");
                     return r
                         .read(offset, len)
                         .await
                         .map_err(failed(&b.key, "read of the stored version"));
                 }
                 Content::Streaming(u) => u.read_mem(offset, len),
-                Content::Patching(p) => p.read(offset, len).await,
+                Content::Patching(p) => {
+                    // The base through a reader with read-ahead (rsync
+                    // --inplace reads the whole old file as it writes).
+                    if f.reader.is_none() {
+                        f.reader = p.base().map(|b| self.base_reader(b));
+                    }
+                    p.read_via(offset, len, f.reader.as_mut()).await
+                }
             };
             match r {
                 Ok(b) => return Ok(b),
@@ -335,6 +364,19 @@ impl Fs {
             }
         }
         unreachable!("the second attempt returns")
+    }
+
+    /// A reader of `b`, pinned to its version, with read-ahead.
+    fn base_reader(&self, b: &Base) -> Reader {
+        let r = Reader::new(
+            self.store.clone(),
+            b.key.clone(),
+            b.size,
+            self.cfg.max_readahead,
+            self.cfg.read_budget.clone(),
+        );
+        r.pin_to(&b.etag);
+        r
     }
 
     /// Sets the file's size (ftruncate, O_TRUNC). To 0, a new version
@@ -456,6 +498,11 @@ impl Fs {
             .bytes_stored
             .fetch_add(fin.size, Ordering::Relaxed);
         f.stored_size = Some(fin.size);
+        f.reader = None;
+        f.base_body = fin.body.and_then(|b| {
+            let g = self.cfg.upload.budget.try_grant(b.len() as u64)?;
+            Some((b, g))
+        });
         f.content = Content::Stored(Some(Base {
             key: f.key.clone(),
             etag: fin.etag.clone(),
@@ -516,6 +563,7 @@ impl Fs {
             }
         }
         self.untrack(g.ino);
+        g.ended = true;
         let ino = g.ino;
         let stored = matches!(g.content, Content::Stored(Some(_)));
         self.files

@@ -53,7 +53,7 @@ impl Upload {
             return match self
                 .target
                 .store
-                .put_object(&self.target.key, body, Some(md5), &self.target.opts)
+                .put_object(&self.target.key, body.clone(), Some(md5), &self.target.opts)
                 .await
             {
                 Ok(etag) => {
@@ -65,6 +65,7 @@ impl Upload {
                         etag,
                         size,
                         parts: 0,
+                        body: Some(body),
                     })
                 }
                 Err(e) => Err(self.fail(format!("PutObject: {e}"))),
@@ -103,6 +104,7 @@ impl Upload {
             etag,
             size,
             parts: parts as u32,
+            body: None,
         })
     }
 
@@ -120,6 +122,7 @@ impl Upload {
                     etag,
                     size: n,
                     parts: 0,
+                    body: None,
                 }),
                 Err(e) => Err(self.fail(format!("CopyObject from {src}: {e}"))),
             };
@@ -173,6 +176,7 @@ impl Upload {
                     etag,
                     size: n,
                     parts: count,
+                    body: None,
                 })
             }
             Err(e) => Err(self.fail(format!("CompleteMultipartUpload: {e}"))),

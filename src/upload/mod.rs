@@ -146,6 +146,9 @@ pub struct Finished {
     pub size: u64,
     /// Number of parts (0 for a single PutObject).
     pub parts: u32,
+    /// The object's bytes, when it was one PutObject: a next version
+    /// over it (sqlite's next transaction) need not read them back.
+    pub body: Option<Bytes>,
 }
 
 type PartTask = JoinHandle<Result<SentPart, S3Error>>;

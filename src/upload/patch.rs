@@ -160,8 +160,11 @@ pub struct Patch {
     early: BTreeSet<u32>,
     sent: BTreeMap<u32, SentPart>,
     in_flight: JoinSet<Result<SentPart, S3Error>>,
-    /// The last block of the base read for a reader.
+    /// The last block of the base read for a reader, or the whole base
+    /// when it was seeded.
     cache: Option<(u64, Bytes)>,
+    /// The memory of a seeded base.
+    seed_grant: Option<Grant>,
     failed: Option<String>,
     ended: bool,
 }
@@ -247,6 +250,7 @@ impl Patch {
             sent: BTreeMap::new(),
             in_flight: JoinSet::new(),
             cache: None,
+            seed_grant: None,
             failed: None,
             ended: false,
         }
@@ -424,8 +428,32 @@ impl Patch {
         Ok(())
     }
 
+    /// The base's bytes, known without reading them back (the body of the
+    /// PutObject that made it), held under `grant`: rebuilding a part of
+    /// it then needs no GET.
+    pub fn seed_base(&mut self, body: Bytes, grant: Grant) {
+        if self
+            .base
+            .as_ref()
+            .is_some_and(|b| b.size == body.len() as u64)
+        {
+            self.cache = Some((0, body));
+            self.seed_grant = Some(grant);
+        }
+    }
+
+    /// Bytes `range` of the base from the cache, if it holds them.
+    fn cached(&self, range: Range<u64>) -> Option<Bytes> {
+        let (at, b) = self.cache.as_ref()?;
+        (*at <= range.start && range.end <= at + b.len() as u64)
+            .then(|| b.slice((range.start - at) as usize..(range.end - at) as usize))
+    }
+
     /// Bytes `range` of the base (within `base_len`), pinned to its version.
     async fn base_bytes(&self, range: Range<u64>) -> Result<Bytes, S3Error> {
+        if let Some(b) = self.cached(range.clone()) {
+            return Ok(b);
+        }
         let b = self
             .base
             .as_ref()
@@ -517,6 +545,23 @@ impl Patch {
 
     /// Reads `len` bytes at `offset` of the new version (fewer at its end).
     pub async fn read(&mut self, offset: u64, len: u32) -> Result<Bytes, UploadError> {
+        self.read_via(offset, len, None).await
+    }
+
+    /// The base this version is made of.
+    pub fn base(&self) -> Option<&Base> {
+        self.base.as_ref()
+    }
+
+    /// [`Patch::read`], the base's bytes taken from `base_reader` (a
+    /// reader of the base with read-ahead, for sequential readers) when
+    /// given, else fetched a block at a time.
+    pub async fn read_via(
+        &mut self,
+        offset: u64,
+        len: u32,
+        base_reader: Option<&mut crate::prefetch::Reader>,
+    ) -> Result<Bytes, UploadError> {
         self.check()?;
         let end = (offset + len as u64).min(self.size);
         if offset >= end {
@@ -529,11 +574,32 @@ impl Patch {
         let mut buf = vec![0u8; (end - offset) as usize];
         if offset < self.base_len {
             let upto = end.min(self.base_len);
-            let b = self
-                .cached_base(offset..upto)
-                .await
-                .map_err(|e| UploadError::Failed(format!("reading the base: {e}")))?;
-            buf[..b.len()].copy_from_slice(&b);
+            let failed = |e: S3Error| UploadError::Failed(format!("reading the base: {e}"));
+            match base_reader {
+                _ if self.cached(offset..upto).is_some() => {
+                    let b = self.cached(offset..upto).expect("checked");
+                    buf[..b.len()].copy_from_slice(&b);
+                }
+                Some(r) => {
+                    let mut at = offset;
+                    while at < upto {
+                        let want = (upto - at).min(u32::MAX as u64) as u32;
+                        let b = r.read(at, want).await.map_err(failed)?;
+                        if b.is_empty() {
+                            return Err(UploadError::Failed(format!(
+                                "reading the base: it ends at {at}, before {upto}"
+                            )));
+                        }
+                        let i = (at - offset) as usize;
+                        buf[i..i + b.len()].copy_from_slice(&b);
+                        at += b.len() as u64;
+                    }
+                }
+                None => {
+                    let b = self.cached_base(offset..upto).await.map_err(failed)?;
+                    buf[..b.len()].copy_from_slice(&b);
+                }
+            }
         }
         for (n, s, _) in pieces {
             if let Some(e) = self.parts.get(&n) {
@@ -590,6 +656,7 @@ impl Patch {
             self.dirty = self.parts.values().map(extents_len).sum();
             self.base_len = self.base_len.min(size);
             self.cache = None;
+            self.seed_grant = None;
         }
         self.size = size;
         self.hold_memory().await
@@ -618,6 +685,7 @@ impl Patch {
                 etag: b.etag.clone(),
                 size,
                 parts: 0,
+                body: None,
             });
         }
         if self.early.is_empty() && size <= self.layout.part_size(1) {
@@ -633,13 +701,18 @@ impl Patch {
                 return Err(self.fail("PutObject: hashing the body failed"));
             };
             let t = &self.target;
-            return match t.store.put_object(&t.key, body, Some(md5), &t.opts).await {
+            return match t
+                .store
+                .put_object(&t.key, body.clone(), Some(md5), &t.opts)
+                .await
+            {
                 Ok(etag) => {
                     t.progress.bytes_sent.fetch_add(size, Ordering::Relaxed);
                     Ok(Finished {
                         etag,
                         size,
                         parts: 0,
+                        body: Some(body),
                     })
                 }
                 Err(e) => Err(self.fail(format!("PutObject: {e}"))),
@@ -678,6 +751,7 @@ impl Patch {
             etag,
             size,
             parts: self.sent.len() as u32,
+            body: None,
         })
     }
 
