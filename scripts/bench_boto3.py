@@ -6,6 +6,10 @@
     bench_boto3.py size BUCKET KEY           print the object's size (or -1)
     bench_boto3.py count BUCKET PREFIX       print how many objects (not directory markers) are under PREFIX
     bench_boto3.py fill BUCKET PREFIX N      store N objects of 100 bytes, PREFIX00000..., 32 at a time
+    bench_boto3.py copyparts BUCKET KEY      a new object made of KEY by UploadPartCopy, 8 MiB
+                                             parts, 2 at a time (the server's floor for a new
+                                             version composed from an old one); prints seconds
+    bench_boto3.py md5 BUCKET KEY            print the hex MD5 of the object's bytes
 
 put and get print "<seconds> <cpu seconds> <peak rss KiB>". Endpoint and
 credentials come from the AWS_* environment, as for any boto3 program.
@@ -78,6 +82,34 @@ def main(argv):
         with ThreadPoolExecutor(32) as pool:
             list(pool.map(lambda i: s3.put_object(Bucket=args[0], Key=f"{args[1]}{i:05d}", Body=body),
                           range(int(args[2]))))
+    elif cmd == "copyparts":
+        from concurrent.futures import ThreadPoolExecutor
+
+        size = s3.head_object(Bucket=args[0], Key=args[1])["ContentLength"]
+        start = time.monotonic()
+        up = s3.create_multipart_upload(Bucket=args[0], Key=args[1] + ".copyparts")["UploadId"]
+
+        def part(n):
+            first = (n - 1) * 8 * MIB
+            last = min(first + 8 * MIB, size) - 1
+            r = s3.upload_part_copy(Bucket=args[0], Key=args[1] + ".copyparts", UploadId=up, PartNumber=n,
+                                    CopySource={"Bucket": args[0], "Key": args[1]},
+                                    CopySourceRange=f"bytes={first}-{last}")
+            return {"ETag": r["CopyPartResult"]["ETag"], "PartNumber": n}
+
+        with ThreadPoolExecutor(2) as pool:
+            parts = list(pool.map(part, range(1, (size + 8 * MIB - 1) // (8 * MIB) + 1)))
+        s3.complete_multipart_upload(Bucket=args[0], Key=args[1] + ".copyparts", UploadId=up,
+                                     MultipartUpload={"Parts": parts})
+        print(f"{time.monotonic() - start:.2f}")
+        s3.delete_object(Bucket=args[0], Key=args[1] + ".copyparts")
+    elif cmd == "md5":
+        import hashlib
+
+        h = hashlib.md5()
+        for chunk in s3.get_object(Bucket=args[0], Key=args[1])["Body"].iter_chunks(8 * MIB):
+            h.update(chunk)
+        print(h.hexdigest())
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -165,6 +165,13 @@ pub struct Patch {
     cache: Option<(u64, Bytes)>,
     /// The memory of a seeded base.
     seed_grant: Option<Grant>,
+    /// Where the last write ended, and the parts where the last two runs
+    /// of contiguous writes began (kept unsent: see `write`).
+    run_end: Option<u64>,
+    run_parts: [Option<u32>; 2],
+    /// The largest this file may grow (10,000 parts); summing the parts
+    /// is too slow to do per write.
+    max_size: u64,
     failed: Option<String>,
     ended: bool,
 }
@@ -236,9 +243,11 @@ impl Patch {
         size: u64,
     ) -> Self {
         let base_len = base.as_ref().map_or(0, |b| b.size.min(size));
+        let layout = Layout::new(cfg.schedule, base_len);
         Patch {
             target: Target::new(store, key, opts, &cfg),
-            layout: Layout::new(cfg.schedule, base_len),
+            max_size: layout.max_file_size(),
+            layout,
             cfg,
             base,
             base_len,
@@ -251,6 +260,8 @@ impl Patch {
             in_flight: JoinSet::new(),
             cache: None,
             seed_grant: None,
+            run_end: None,
+            run_parts: [None, None],
             failed: None,
             ended: false,
         }
@@ -358,7 +369,7 @@ impl Patch {
             return Ok(());
         }
         let end = offset + data.len() as u64;
-        let max = self.layout.max_file_size();
+        let max = self.max_size;
         if end > max {
             return Err(UploadError::TooLarge { end, max });
         }
@@ -366,7 +377,23 @@ impl Patch {
         if let Some((n, ..)) = pieces.iter().find(|(n, ..)| self.early.contains(n)) {
             return Err(self.refused(offset, *n));
         }
+        // A write that does not continue the last one starts a run: the
+        // parts where the last two runs began stay here even when full
+        // (formats patch the header at the start of what they just wrote:
+        // zip's local headers, an MP4's mdat size).
+        let mut released = None;
+        if self.run_end != Some(offset) {
+            let n = pieces.first().map(|(n, ..)| *n);
+            if self.run_parts[0] != n {
+                released = self.run_parts[1];
+                self.run_parts = [n, self.run_parts[0]];
+            }
+        }
+        self.run_end = Some(end);
         let mut full = Vec::new();
+        if let Some(r) = released.filter(|r| !self.run_parts.contains(&Some(*r))) {
+            full.extend(self.is_full(r).then_some(r));
+        }
         for (n, s, len) in pieces {
             let a = offset.max(s);
             let b = end.min(s + len);
@@ -385,9 +412,18 @@ impl Patch {
         }
         self.size = self.size.max(end);
         for n in full {
-            self.send_early(n).await?;
+            if !self.run_parts.contains(&Some(n)) {
+                self.send_early(n).await?;
+            }
         }
         self.hold_memory().await
+    }
+
+    /// Whether the program wrote all of part `n` (not sent yet).
+    fn is_full(&self, n: u32) -> bool {
+        self.parts
+            .get(&n)
+            .is_some_and(|e| extents_len(e) == self.layout.part_size(n))
     }
 
     /// Grants memory for the extents held; past half the budget, sends the
@@ -628,7 +664,7 @@ impl Patch {
     /// bytes there: growing again shows zeros); a grow adds zeros.
     pub async fn truncate(&mut self, size: u64) -> Result<(), UploadError> {
         self.check()?;
-        let max = self.layout.max_file_size();
+        let max = self.max_size;
         if size > max {
             return Err(UploadError::TooLarge { end: size, max });
         }

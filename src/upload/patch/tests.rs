@@ -122,29 +122,63 @@ async fn shrink_then_grow_shows_zeros() {
     assert_eq!(stored(&store), want);
 }
 
-/// A sequential rewrite streams: each full part leaves as it fills, and a
-/// later write into one is refused (a part is sent once per upload).
+/// A sequential rewrite streams: each full part leaves as it fills but
+/// the one where the run began, and a later write into a sent one is
+/// refused (a part is sent once per upload).
 #[tokio::test]
 async fn full_parts_leave_early_and_are_final() {
     let (store, _, mut p) = setup(20 * MIB, 64 * MIB);
-    let want = data(20 * MIB, 9);
+    let mut want = data(20 * MIB, 9);
     for c in want.chunks(MIB as usize).enumerate() {
         p.write(c.0 as u64 * MIB, c.1).await.unwrap();
     }
-    assert_eq!(p.parts_sent_early(), 4);
-    assert_eq!(p.dirty_bytes(), 0, "sent parts leave memory");
-    let e = p.write(3, b"x").await.unwrap_err();
+    assert_eq!(p.parts_sent_early(), 3);
+    assert_eq!(p.dirty_bytes(), 5 * MIB, "sent parts leave memory");
+    p.write(3, b"x").await.unwrap();
+    want[3] = b'x';
+    let e = p.write(6 * MIB, b"x").await.unwrap_err();
     assert!(
-        matches!(e, UploadError::IntoSentPart { part: 1, .. }),
+        matches!(e, UploadError::IntoSentPart { part: 2, .. }),
         "{e}"
     );
     assert!(matches!(
-        p.read(0, 10).await,
+        p.read(6 * MIB, 10).await,
         Err(UploadError::IntoSentPart { .. })
     ));
     p.commit().await.unwrap();
     assert_eq!(stored(&store), want);
     assert_eq!(store.calls(Op::UploadPartCopy), 0);
+}
+
+/// zip's pattern: each entry's header is patched after its data, and the
+/// next entry starts at the end. The part where each run began stays in
+/// memory, so no patch lands in a sent part, and memory stays bounded.
+#[tokio::test]
+async fn headers_patched_after_each_entry_stay_in_memory() {
+    let store = Arc::new(MemoryStore::new());
+    let mut p = Patch::new(
+        store.clone(),
+        "k",
+        PutOptions::default(),
+        cfg(64 * MIB),
+        None,
+        0,
+    );
+    let mut want = Vec::new();
+    for i in 0..6u64 {
+        let start = want.len() as u64;
+        let entry = data(12 * MIB + 777 * i, i);
+        for c in entry.chunks(MIB as usize) {
+            p.write(want.len() as u64, c).await.unwrap();
+            want.extend_from_slice(c);
+        }
+        p.write(start, b"HEADER").await.unwrap();
+        want[start as usize..start as usize + 6].copy_from_slice(b"HEADER");
+        assert!(p.dirty_bytes() <= 4 * 5 * MIB, "{}", p.dirty_bytes());
+    }
+    assert!(p.parts_sent_early() >= 6);
+    p.commit().await.unwrap();
+    assert_eq!(stored(&store), want);
 }
 
 /// Past half the budget, the part with the most written bytes is rebuilt
