@@ -40,7 +40,7 @@ impl Fs {
                         .await?;
                     if let Some(i) = self.table().get_mut(ino) {
                         i.etag = Some(etag.clone());
-                        i.version = Some((etag, None));
+                        i.version = Some(Version::of(etag));
                         i.stored = Some(StoredMeta::of_options(&opts));
                     }
                 }
@@ -219,7 +219,7 @@ impl Fs {
                 tracing::debug!(key = %i.key, "attributes stored");
                 let readers = t.get_mut(ino).map_or(0, |n| {
                     n.etag = Some(etag.clone());
-                    n.version = Some((etag.clone(), None));
+                    n.version = Some(Version::of(etag.clone()));
                     n.stored = Some(StoredMeta::of_options(&opts));
                     n.readers
                 });
@@ -306,7 +306,9 @@ impl Fs {
     async fn persist_dir_attrs(&self, i: &Inode) -> FsResult<String> {
         let key = self.cfg.dir_attrs.key(&i.key);
         let existing = match &i.stored {
-            Some(m) if i.version.as_ref().is_some_and(|(e, _)| !e.is_empty()) => Some(m.clone()),
+            Some(m) if matches!(&i.version, Some(Version::Object { etag, .. }) if !etag.is_empty()) => {
+                Some(m.clone())
+            }
             _ => match self.store.head_object(&key).await {
                 Ok(h) => Some(StoredMeta::of_head(&h)),
                 Err(e) if e.is_not_found() => None,
@@ -324,7 +326,7 @@ impl Fs {
             .put_object(&key, bytes::Bytes::new(), None, &opts)
             .await?;
         if let Some(n) = self.table().get_mut(i.ino) {
-            n.version = Some((etag.clone(), None));
+            n.version = Some(Version::of(etag.clone()));
             n.stored = Some(StoredMeta::of_options(&opts));
         }
         Ok(etag)

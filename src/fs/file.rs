@@ -514,7 +514,7 @@ impl Fs {
             i.local = false;
             i.commits += 1;
             i.valid_until = Instant::now() + self.cfg.metadata_ttl;
-            i.version = Some((fin.etag, None));
+            i.version = Some(Version::of(fin.etag));
             i.stored = Some(StoredMeta::of_options(&sent));
             // Changed while the upload ran, or after its creation: written
             // when the last descriptor closes.

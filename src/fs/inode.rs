@@ -87,9 +87,9 @@ pub struct Inode {
     /// The stored object's metadata as last seen or written (a CopyObject
     /// with REPLACE must send all of it again).
     pub stored: Option<StoredMeta>,
-    /// The object version (ETag, Last-Modified) the attributes came from: a
-    /// listing showing the same version keeps them.
-    pub version: Option<(String, Option<SystemTime>)>,
+    /// Where the attributes came from (None: not read yet): a listing
+    /// showing the same object version keeps them.
+    pub version: Option<Version>,
     /// Mode, owner or mtime changed on the stored object and not yet written to it.
     pub attrs_pending: bool,
     /// mtime was set explicitly (utimes) since the last write.
@@ -115,6 +115,39 @@ pub struct Inode {
     pub lookups: u64,
     /// For a directory: children this table holds.
     pub kids: usize,
+}
+
+/// A sibling whose attributes statahead reads before it is looked up.
+#[derive(Debug, Clone)]
+pub struct AheadCandidate {
+    pub ino: u64,
+    pub name: String,
+    pub kind: Kind,
+    pub key: String,
+}
+
+/// Where an inode's attributes were read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Version {
+    /// The object (or directory marker) with this ETag and Last-Modified
+    /// (None when the answer that made it had none: a PUT, a copy).
+    Object {
+        etag: String,
+        last_modified: Option<SystemTime>,
+    },
+    /// Read, and no object holds them: a directory without a marker, or
+    /// whose marker is gone (nothing to HEAD next time).
+    Absent,
+}
+
+impl Version {
+    /// The version a write or copy of ours answered with this ETag.
+    pub fn of(etag: impl Into<String>) -> Self {
+        Version::Object {
+            etag: etag.into(),
+            last_modified: None,
+        }
+    }
 }
 
 /// What a CopyObject with REPLACE must carry over.
@@ -557,7 +590,7 @@ impl InodeTable {
         window: usize,
         max: usize,
         dirs_only: bool,
-    ) -> Vec<(u64, String, Kind, String)> {
+    ) -> Vec<AheadCandidate> {
         let Some(order) = self.inodes.get(&parent).and_then(|p| p.listing.clone()) else {
             return Vec::new();
         };
@@ -570,7 +603,7 @@ impl InodeTable {
         if scanned >= end {
             return Vec::new(); // the reader is still inside what was read ahead
         }
-        let mut picked: Vec<(u64, String, Kind, String)> = Vec::new();
+        let mut picked: Vec<AheadCandidate> = Vec::new();
         let mut at = start.max(scanned);
         while at < end && picked.len() < max {
             if let Some(i) = self.child(parent, &order[at]) {
@@ -581,7 +614,12 @@ impl InodeTable {
                     && !i.attrs_pending
                     && !i.ahead_pending
                 {
-                    picked.push((i.ino, i.name.clone(), i.kind, i.key.clone()));
+                    picked.push(AheadCandidate {
+                        ino: i.ino,
+                        name: i.name.clone(),
+                        kind: i.kind,
+                        key: i.key.clone(),
+                    });
                 }
             }
             at += 1;
@@ -595,8 +633,8 @@ impl InodeTable {
             }
         }
         // Claimed: no other lookup sends the same HEADs meanwhile.
-        for (ino, ..) in &picked {
-            if let Some(i) = self.inodes.get_mut(ino) {
+        for c in &picked {
+            if let Some(i) = self.inodes.get_mut(&c.ino) {
                 i.ahead_pending = true;
             }
         }
@@ -668,9 +706,8 @@ mod tests {
         }
         assert_eq!(t.get(d).unwrap().kids, 10);
         t.get_mut(d).unwrap().listing = Some(std::sync::Arc::new(names.clone()));
-        let keys = |v: &[(u64, String, Kind, String)]| -> Vec<String> {
-            v.iter().map(|c| c.3.clone()).collect()
-        };
+        let keys =
+            |v: &[AheadCandidate]| -> Vec<String> { v.iter().map(|c| c.key.clone()).collect() };
         // After f0: the next 4 names, claimed.
         let first = t.unread_children(d, "f0", 4, 4, false);
         assert_eq!(keys(&first), ["d/f1", "d/f2", "d/f3", "d/f4"]);

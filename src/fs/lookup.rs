@@ -2,6 +2,7 @@
 //! statahead that reads siblings' attributes ahead of `ls -l`.
 
 use super::*;
+use inode::AheadCandidate;
 
 /// Largest directory (children known here) listed again for a lookup.
 const RELIST_MAX: usize = 2000;
@@ -115,7 +116,7 @@ impl Fs {
                     if let Some(i) = t.get_mut(ino) {
                         if i.version.is_none() {
                             // No marker: nothing to read (and no HEAD next time).
-                            i.version = Some((String::new(), None));
+                            i.version = Some(Version::Absent);
                         }
                     }
                 }
@@ -234,7 +235,7 @@ impl Fs {
         parent: u64,
         name: &str,
         dirs_only: bool,
-    ) -> Vec<(u64, String, Kind, String)> {
+    ) -> Vec<AheadCandidate> {
         let mut t = self.table();
         let Some(p) = t.get_mut(parent) else {
             return Vec::new();
@@ -268,10 +269,10 @@ impl Fs {
     }
 
     /// Ends the claims of a statahead batch and wakes lookups waiting on it.
-    fn release_claims(&self, batch: &[(u64, String, Kind, String)]) {
+    fn release_claims(&self, batch: &[AheadCandidate]) {
         let mut t = self.table();
-        for (ino, ..) in batch {
-            if let Some(i) = t.get_mut(*ino) {
+        for c in batch {
+            if let Some(i) = t.get_mut(c.ino) {
                 i.ahead_pending = false;
             }
         }
@@ -281,21 +282,27 @@ impl Fs {
 
     /// HEADs the given children of `parent` concurrently and records what
     /// they say (a file's metadata and kind; a directory's marker).
-    async fn read_ahead(&self, parent: u64, children: Vec<(u64, String, Kind, String)>) {
+    async fn read_ahead(&self, parent: u64, children: Vec<AheadCandidate>) {
         if children.is_empty() {
             return;
         }
         let claims = children.clone();
-        let heads = futures_util::future::join_all(
-            children
-                .iter()
-                .map(|(_, _, _, key)| self.store.head_object(key)),
-        )
-        .await;
+        let heads =
+            futures_util::future::join_all(children.iter().map(|c| self.store.head_object(&c.key)))
+                .await;
         // Just confirmed by the server: trusted as long as a listing is.
         let valid_until = Instant::now() + self.cfg.metadata_ttl;
         let mut t = self.table();
-        for ((ino, name, kind, key), head) in children.into_iter().zip(heads) {
+        for (
+            AheadCandidate {
+                ino,
+                name,
+                kind,
+                key,
+            },
+            head,
+        ) in children.into_iter().zip(heads)
+        {
             let current = t.child(parent, &name).map(|c| {
                 (
                     c.ino,
@@ -314,7 +321,7 @@ impl Fs {
                 }
                 (Kind::Dir, Err(e)) if e.is_not_found() => {
                     if let Some(i) = t.get_mut(ino) {
-                        i.version = Some((String::new(), None));
+                        i.version = Some(Version::Absent);
                         i.valid_until = valid_until;
                     }
                 }
@@ -364,7 +371,7 @@ impl Fs {
         }
         match head {
             Ok(h) => fill_marker_attrs(i, &h, self.mounted_at),
-            Err(e) if e.is_not_found() => i.version = Some((String::new(), None)),
+            Err(e) if e.is_not_found() => i.version = Some(Version::Absent),
             Err(e) => tracing::warn!(key = %d.key, error = %e, "reading a directory marker failed"),
         }
     }

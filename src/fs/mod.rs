@@ -23,7 +23,7 @@ use crate::s3::{MetadataDirective, ObjectStore, PutOptions, S3Error, Source};
 use crate::upload::{Progress, Upload, UploadConfig};
 use dir_attrs::{DirAttrs, DIR_ATTRS_NAME};
 pub use error::{FsError, FsResult};
-use inode::{Inode, InodeTable, Kind, StoredMeta, ROOT};
+use inode::{Inode, InodeTable, Kind, StoredMeta, Version, ROOT};
 use meta::PosixMeta;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -307,7 +307,10 @@ fn fill_marker_attrs(i: &mut Inode, h: &crate::s3::ObjectHead, fallback_mtime: S
     i.perm = p.perm;
     i.uid = p.uid;
     i.gid = p.gid;
-    i.version = Some((h.etag.clone(), h.last_modified));
+    i.version = Some(Version::Object {
+        etag: h.etag.clone(),
+        last_modified: h.last_modified,
+    });
     i.stored = Some(StoredMeta::of_head(h));
 }
 

@@ -43,7 +43,7 @@ impl Fs {
             i.mtime = now;
             i.ctime = now;
             i.perm = Some(perm);
-            i.version = Some((etag, None));
+            i.version = Some(Version::of(etag));
             i.stored = Some(StoredMeta::of_options(&opts));
             i.valid_until = valid_until;
             // Just made, so empty: lookups inside need no request for a while.
@@ -231,7 +231,7 @@ impl Fs {
             i.gid = None;
             i.rdev = rdev;
             i.etag = Some(etag.clone());
-            i.version = Some((etag, None));
+            i.version = Some(Version::of(etag));
             i.stored = Some(StoredMeta::of_options(&opts));
             i.link_target = (kind == Kind::Symlink).then_some(body);
             i.attrs_pending = false;

@@ -97,7 +97,7 @@ impl Fs {
                     if i.version.is_none() && !i.attrs_pending {
                         i.mtime = self.mounted_at;
                         if self.cfg.attrs_from_listing {
-                            i.version = Some((String::new(), None)); // marker unread
+                            i.version = Some(Version::Absent); // marker unread
                         }
                     }
                 });
@@ -116,9 +116,8 @@ impl Fs {
                 // stay while the listing shows the version they came from;
                 // a listing has no metadata.
                 let same_version = |i: &Inode| {
-                    i.version.as_ref().is_some_and(|(etag, lm)| {
-                        *etag == o.etag && (lm.is_none() || same_second(*lm, o.last_modified))
-                    })
+                    matches!(&i.version, Some(Version::Object { etag, last_modified: lm })
+                        if *etag == o.etag && (lm.is_none() || same_second(*lm, o.last_modified)))
                 };
                 let kind = match t.child(ino, name) {
                     Some(c) if c.kind != Kind::Dir && (same_version(c) || c.local) => c.kind,
@@ -138,10 +137,10 @@ impl Fs {
                         i.stored = None;
                         // Unread metadata: the first lookup HEADs it,
                         // unless the listing is to be trusted.
-                        i.version = self
-                            .cfg
-                            .attrs_from_listing
-                            .then(|| (o.etag.clone(), o.last_modified));
+                        i.version = self.cfg.attrs_from_listing.then(|| Version::Object {
+                            etag: o.etag.clone(),
+                            last_modified: o.last_modified,
+                        });
                         i.link_target = None;
                     }
                     i.valid_until = valid_until;

@@ -396,7 +396,7 @@ impl Fs {
             t.move_child(parent, name, newparent, newname);
             if let Some(i) = t.get_mut(src.ino) {
                 i.etag = Some(etag.clone());
-                i.version = Some((etag, None));
+                i.version = Some(Version::of(etag));
                 // Its readers read on at the new key (the same bytes).
                 i.commits += 1;
                 i.ctime = SystemTime::now();

@@ -14,6 +14,7 @@ pub mod schedule;
 
 mod finish;
 mod held;
+mod layout;
 pub mod patch;
 mod target;
 

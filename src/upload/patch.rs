@@ -21,9 +21,10 @@
 //! part holding the most written bytes is rebuilt and sent early.
 
 use super::budget::Grant;
+use super::layout::Layout;
 use super::target::Target;
 use super::{md5x, Finished, Progress, SentPart, UploadConfig, UploadError};
-use crate::s3::rules::{MAX_PARTS, MIN_PART_SIZE};
+use crate::s3::rules::MAX_PARTS;
 use crate::s3::{bare_etag, ObjectStore, PutOptions, S3Error, Source};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,86 +62,6 @@ const GRANT_STEP: u64 = 1 << 20;
 /// Extents of one part, by offset within the part: never overlapping,
 /// never touching (neighbours are merged).
 type Extents = BTreeMap<u64, Vec<u8>>;
-
-/// Where the parts of a new version lie. The schedule's parts, except that
-/// the base's end is a part boundary when it can be (S3's parts but the
-/// last are at least 5 MiB): parts `1..=k` cover the base's `b` bytes (the
-/// last of them cut at `b`, or grown to it when the rest would be too
-/// small), and the parts after follow from `b` with the schedule's sizes.
-/// So an append copies the whole base on the server and sends only the
-/// new bytes (`>>` onto a 6 MiB log sends the appended line, not 6 MiB).
-#[derive(Debug, Clone, Copy)]
-struct Layout {
-    sched: crate::upload::schedule::Schedule,
-    k: u32,
-    b: u64,
-}
-
-impl Layout {
-    fn new(sched: crate::upload::schedule::Schedule, base_len: u64) -> Self {
-        let plain = Layout { sched, k: 0, b: 0 };
-        let Some((n, s)) = sched.part_of(base_len) else {
-            return plain;
-        };
-        let r = base_len - s;
-        if base_len == 0 || r == 0 {
-            return plain;
-        }
-        if r >= MIN_PART_SIZE {
-            Layout {
-                sched,
-                k: n,
-                b: base_len,
-            }
-        } else if n > 1 {
-            Layout {
-                sched,
-                k: n - 1,
-                b: base_len,
-            }
-        } else {
-            plain
-        }
-    }
-
-    /// The file offset where part `n` starts.
-    fn part_start(&self, n: u32) -> u64 {
-        if n <= self.k {
-            self.sched.part_start(n)
-        } else {
-            self.b + self.sched.part_start(n) - self.sched.part_start(self.k + 1)
-        }
-    }
-
-    /// The size of part `n` (before the file's end cuts it).
-    fn part_size(&self, n: u32) -> u64 {
-        if n == self.k {
-            self.b - self.sched.part_start(n)
-        } else {
-            self.sched.part_size(n)
-        }
-    }
-
-    /// The part holding byte `offset`, with its start.
-    fn part_of(&self, offset: u64) -> Option<(u32, u64)> {
-        if offset < self.b {
-            let (n, s) = self.sched.part_of(offset)?;
-            return Some(if n > self.k {
-                (self.k, self.sched.part_start(self.k))
-            } else {
-                (n, s)
-            });
-        }
-        let shift = self.sched.part_start(self.k + 1);
-        let (n, s) = self.sched.part_of(offset - self.b + shift)?;
-        Some((n, s - shift + self.b))
-    }
-
-    /// The largest file these parts hold.
-    fn max_file_size(&self) -> u64 {
-        self.part_start(MAX_PARTS + 1)
-    }
-}
 
 /// A new version of a file being composed.
 pub struct Patch {

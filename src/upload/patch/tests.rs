@@ -260,35 +260,6 @@ async fn a_failed_part_leaves_the_old_object() {
     assert!(store.uploads().is_empty());
 }
 
-#[test]
-fn the_layout_ends_a_part_at_the_base_end() {
-    let sched = Schedule {
-        base: 8 * MIB,
-        max_part: 8 * MIB,
-    };
-    // 6 MiB base: part 1 is the base, part 2 starts at its end.
-    let l = Layout::new(sched, 6 * MIB);
-    assert_eq!((l.part_start(1), l.part_size(1)), (0, 6 * MIB));
-    assert_eq!((l.part_start(2), l.part_size(2)), (6 * MIB, 8 * MIB));
-    assert_eq!(l.part_of(6 * MIB - 1), Some((1, 0)));
-    assert_eq!(l.part_of(6 * MIB), Some((2, 6 * MIB)));
-    assert_eq!(l.part_of(14 * MIB), Some((3, 14 * MIB)));
-    // 18 MiB: the 2 MiB past 16 MiB are too few for a part: part 2 grows.
-    let l = Layout::new(sched, 18 * MIB);
-    assert_eq!((l.part_start(2), l.part_size(2)), (8 * MIB, 10 * MIB));
-    assert_eq!(l.part_of(17 * MIB), Some((2, 8 * MIB)));
-    assert_eq!(l.part_of(18 * MIB), Some((3, 18 * MIB)));
-    // Small bases and exact boundaries keep the schedule.
-    for b in [0, 3 * MIB, 16 * MIB] {
-        let l = Layout::new(sched, b);
-        assert_eq!(
-            (l.part_start(3), l.part_size(3)),
-            (16 * MIB, 8 * MIB),
-            "{b}"
-        );
-    }
-}
-
 /// `>>` onto a 7 MiB object: the base is copied whole, only the new bytes
 /// travel.
 #[tokio::test]
