@@ -556,3 +556,43 @@ async fn random_ops(c: &Client, b: &str, m: &Mounted, seed: u64, steps: usize) {
         "seed {seed}: mount bytes differ"
     );
 }
+
+/// A write through a write-only (direct I/O) descriptor drops the pages a
+/// read-write descriptor of the same file cached: its next read sees it.
+/// (Linux drops them itself for a direct-I/O write; bucketfs's own
+/// invalidation after the reply is a second line, so this test passes
+/// without it: it pins the behaviour, not who provides it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_descriptor_shows_in_another_ones_cache() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    let rw = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("f"))
+        .unwrap();
+    rw.write_all_at(&[b'a'; 8192], 0).unwrap();
+    let mut got = [0u8; 4];
+    rw.read_exact_at(&mut got, 4096).unwrap();
+    assert_eq!(&got, b"aaaa", "cached");
+    let wo = OpenOptions::new().write(true).open(m.path("f")).unwrap();
+    wo.write_all_at(b"bbbb", 4096).unwrap();
+    // The invalidation goes out after the write's reply.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        rw.read_exact_at(&mut got, 4096).unwrap();
+        if &got == b"bbbb" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "stale page: {got:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    close(wo).unwrap();
+    close(rw).unwrap();
+    let body = stored(&c, &b, "f").await;
+    assert_eq!(&body[4096..4100], b"bbbb");
+    assert_eq!(body.len(), 8192);
+}
