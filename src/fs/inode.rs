@@ -80,10 +80,6 @@ pub struct Inode {
     /// last one reads the new one (another client's replacement is not
     /// counted: a reader of that gets ESTALE instead of mixing versions).
     pub commits: u64,
-    /// For a directory: its children here are its complete listing until
-    /// then (a fresh listing, or mkdir of an empty directory), so a name not
-    /// among them does not exist and costs no request.
-    pub complete_until: Option<Instant>,
     /// The stored object's metadata as last seen or written (a CopyObject
     /// with REPLACE must send all of it again).
     pub stored: Option<StoredMeta>,
@@ -98,14 +94,6 @@ pub struct Inode {
     pub rdev: u32,
     /// A symlink's target, once read.
     pub link_target: Option<String>,
-    /// For a directory: lookups of its children that needed a HEAD; from
-    /// the second on, siblings are read ahead (`ls -l`, rsync).
-    pub head_misses: u32,
-    /// For a directory: the names of its last listing, sorted.
-    pub listing: Option<std::sync::Arc<Vec<String>>>,
-    /// For a directory: how far into `listing` statahead has scanned (names
-    /// before it were read, are being read, or are left to their lookups).
-    pub ahead_scanned: usize,
     /// A statahead HEAD for this name is on its way.
     pub ahead_pending: bool,
     /// Its pending attributes are being written (a copy onto itself).
@@ -113,7 +101,26 @@ pub struct Inode {
     /// Entry replies the kernel has not forgotten: while above 0 the kernel
     /// may name this inode, so it stays.
     pub lookups: u64,
-    /// For a directory: children this table holds.
+    /// What only a directory has (unused for files).
+    pub dir: DirState,
+}
+
+/// What a directory's inode holds besides its attributes.
+#[derive(Debug, Clone, Default)]
+pub struct DirState {
+    /// Its children here are its complete listing until then (a fresh
+    /// listing, or mkdir of an empty directory), so a name not among them
+    /// does not exist and costs no request.
+    pub complete_until: Option<Instant>,
+    /// Lookups of its children that needed a HEAD; from the second on,
+    /// siblings are read ahead (`ls -l`, rsync).
+    pub head_misses: u32,
+    /// The names of its last listing, sorted.
+    pub listing: Option<std::sync::Arc<Vec<String>>>,
+    /// How far into `listing` statahead has scanned (names before it were
+    /// read, are being read, or are left to their lookups).
+    pub ahead_scanned: usize,
+    /// Children this table holds.
     pub kids: usize,
 }
 
@@ -244,20 +251,16 @@ impl Inode {
             local: false,
             unlinked: false,
             commits: 0,
-            complete_until: None,
             stored: None,
             version: None,
             attrs_pending: false,
             mtime_set: false,
             rdev: 0,
             link_target: None,
-            head_misses: 0,
-            listing: None,
-            ahead_scanned: 0,
             ahead_pending: false,
             persisting: false,
             lookups: 0,
-            kids: 0,
+            dir: DirState::default(),
         }
     }
 }
@@ -412,7 +415,7 @@ impl InodeTable {
 
     fn kid_count(&mut self, parent: u64, delta: isize) {
         if let Some(p) = self.inodes.get_mut(&parent) {
-            p.kids = p.kids.saturating_add_signed(delta);
+            p.dir.kids = p.dir.kids.saturating_add_signed(delta);
         }
     }
 
@@ -440,7 +443,7 @@ impl InodeTable {
             && !i.attrs_pending
             && !i.ahead_pending
             && !i.persisting
-            && i.kids == 0
+            && i.dir.kids == 0
     }
 
     /// Drops `ino` when idle: the kernel does not know it, nothing is
@@ -459,8 +462,8 @@ impl InodeTable {
         if self.child_ino(parent, &name) == Some(ino) {
             self.take_child(parent, &name);
             if let Some(p) = self.inodes.get_mut(&parent) {
-                p.complete_until = None;
-                p.listing = None;
+                p.dir.complete_until = None;
+                p.dir.listing = None;
             }
         }
         true
@@ -487,7 +490,10 @@ impl InodeTable {
             .values()
             .filter(|i| i.parent != keep && Self::idle(i))
             .map(|i| {
-                let listed = self.inodes.get(&i.parent).and_then(|p| p.complete_until);
+                let listed = self
+                    .inodes
+                    .get(&i.parent)
+                    .and_then(|p| p.dir.complete_until);
                 (listed, i.parent, i.ino)
             })
             .collect();
@@ -591,7 +597,7 @@ impl InodeTable {
         max: usize,
         dirs_only: bool,
     ) -> Vec<AheadCandidate> {
-        let Some(order) = self.inodes.get(&parent).and_then(|p| p.listing.clone()) else {
+        let Some(order) = self.inodes.get(&parent).and_then(|p| p.dir.listing.clone()) else {
             return Vec::new();
         };
         let start = match order.binary_search_by(|n| n.as_str().cmp(after)) {
@@ -599,7 +605,7 @@ impl InodeTable {
             Err(i) => i,
         };
         let end = (start + window).min(order.len());
-        let scanned = self.inodes.get(&parent).map_or(0, |p| p.ahead_scanned);
+        let scanned = self.inodes.get(&parent).map_or(0, |p| p.dir.ahead_scanned);
         if scanned >= end {
             return Vec::new(); // the reader is still inside what was read ahead
         }
@@ -629,7 +635,7 @@ impl InodeTable {
         // scan leaves the files it passed for a later one.
         if !dirs_only {
             if let Some(p) = self.inodes.get_mut(&parent) {
-                p.ahead_scanned = at;
+                p.dir.ahead_scanned = at;
             }
         }
         // Claimed: no other lookup sends the same HEADs meanwhile.
@@ -704,8 +710,8 @@ mod tests {
         for n in &names {
             t.upsert_child(d, n, Kind::File, |_| {});
         }
-        assert_eq!(t.get(d).unwrap().kids, 10);
-        t.get_mut(d).unwrap().listing = Some(std::sync::Arc::new(names.clone()));
+        assert_eq!(t.get(d).unwrap().dir.kids, 10);
+        t.get_mut(d).unwrap().dir.listing = Some(std::sync::Arc::new(names.clone()));
         let keys =
             |v: &[AheadCandidate]| -> Vec<String> { v.iter().map(|c| c.key.clone()).collect() };
         // After f0: the next 4 names, claimed.
@@ -724,15 +730,18 @@ mod tests {
             .unwrap()
             .ahead_pending = false;
         assert!(t.unread_children(d, "f2", 4, 4, false).is_empty());
-        t.get_mut(d).unwrap().listing = Some(std::sync::Arc::new(names.clone()));
-        t.get_mut(d).unwrap().ahead_scanned = 0;
+        t.get_mut(d).unwrap().dir.listing = Some(std::sync::Arc::new(names.clone()));
+        t.get_mut(d).unwrap().dir.ahead_scanned = 0;
         assert_eq!(keys(&t.unread_children(d, "f2", 4, 4, false)), ["d/f3"]);
         // Moving and removing keep the child counts.
         t.move_child(d, "f9", ROOT, "g");
-        assert_eq!((t.get(d).unwrap().kids, t.get(ROOT).unwrap().kids), (9, 2));
+        assert_eq!(
+            (t.get(d).unwrap().dir.kids, t.get(ROOT).unwrap().dir.kids),
+            (9, 2)
+        );
         assert_eq!(t.child(ROOT, "g").unwrap().key, "g");
         t.remove_child(d, "f8");
-        assert_eq!(t.get(d).unwrap().kids, 8);
+        assert_eq!(t.get(d).unwrap().dir.kids, 8);
         assert!(t.child(d, "f8").is_none());
     }
 }

@@ -174,7 +174,7 @@ impl Fs {
             }
             Some(c) if c.valid_until > now && c.kind == Kind::Dir => Cached::ListedDir(c.ino),
             Some(c) if c.valid_until > now => Cached::ListedFile(c.valid_until),
-            None if p.complete_until.is_some_and(|u| u > now) => Cached::Missing,
+            None if p.dir.complete_until.is_some_and(|u| u > now) => Cached::Missing,
             None if t.known_missing(parent, name, now) => Cached::Missing,
             _ => Cached::Unknown,
         }
@@ -240,8 +240,8 @@ impl Fs {
         let Some(p) = t.get_mut(parent) else {
             return Vec::new();
         };
-        p.head_misses += 1;
-        if p.head_misses < 2 {
+        p.dir.head_misses += 1;
+        if p.dir.head_misses < 2 {
             return Vec::new();
         }
         t.unread_children(parent, name, 4 * STATAHEAD, STATAHEAD, dirs_only)
@@ -253,7 +253,7 @@ impl Fs {
     fn prefetch_after(&self, parent: u64, name: &str, dirs_only: bool) {
         let batch = {
             let mut t = self.table();
-            if t.get(parent).is_none_or(|p| p.head_misses < 2) {
+            if t.get(parent).is_none_or(|p| p.dir.head_misses < 2) {
                 return;
             }
             t.unread_children(parent, name, STATAHEAD, STATAHEAD, dirs_only)
@@ -386,7 +386,7 @@ impl Fs {
             return false;
         }
         t.get(parent).is_some_and(|p| {
-            p.complete_until.is_some_and(|u| u <= Instant::now()) && p.kids <= RELIST_MAX
+            p.dir.complete_until.is_some_and(|u| u <= Instant::now()) && p.dir.kids <= RELIST_MAX
         })
     }
 }

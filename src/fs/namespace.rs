@@ -47,7 +47,7 @@ impl Fs {
             i.stored = Some(StoredMeta::of_options(&opts));
             i.valid_until = valid_until;
             // Just made, so empty: lookups inside need no request for a while.
-            i.complete_until = Some(valid_until);
+            i.dir.complete_until = Some(valid_until);
         });
         Ok(self.attr_of(t.get(ino).expect("inserted")))
     }

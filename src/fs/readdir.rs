@@ -161,9 +161,9 @@ impl Fs {
             entries[2..].sort_unstable_by(|a, b| a.name.cmp(&b.name));
             let order: Vec<String> = entries.iter().skip(2).map(|e| e.name.clone()).collect();
             if let Some(d) = t.get_mut(ino) {
-                d.complete_until = Some(valid_until);
-                d.listing = Some(Arc::new(order));
-                d.ahead_scanned = 0;
+                d.dir.complete_until = Some(valid_until);
+                d.dir.listing = Some(Arc::new(order));
+                d.dir.ahead_scanned = 0;
             }
             let listed: std::collections::HashSet<String> =
                 entries.iter().map(|e| e.name.clone()).collect();
