@@ -96,7 +96,10 @@ impl Fs {
         }
         let acc = flags & libc::O_ACCMODE;
         if acc == libc::O_RDONLY {
-            let r = self.reader_for(&inode);
+            // Pinned by its first GET, not by the ETag this mount last saw:
+            // a reopen after another client's replacement reads the new
+            // object (the replacement is not ours to report).
+            let r = self.reader_for(&inode, false);
             if let Some(i) = self.table().get_mut(ino) {
                 i.readers += 1;
             }
@@ -193,12 +196,13 @@ impl Fs {
         if i.local {
             return Err(FsError::Io("file not stored yet".into()));
         }
-        *r = self.reader_for(&i);
+        *r = self.reader_for(&i, true);
         Ok(())
     }
 
-    /// A reader of the version of `i` stored now.
-    fn reader_for(&self, i: &Inode) -> Reader {
+    /// A reader of `i`; `pin`: of the version this mount knows (one it
+    /// stored itself), else of whatever the first GET finds.
+    fn reader_for(&self, i: &Inode, pin: bool) -> Reader {
         let mut r = Reader::new(
             self.store.clone(),
             i.key.clone(),
@@ -206,7 +210,7 @@ impl Fs {
             self.cfg.max_readahead,
             self.cfg.read_budget.clone(),
         );
-        if let Some(e) = &i.etag {
+        if let Some(e) = i.etag.as_ref().filter(|_| pin) {
             r.pin_to(e);
         }
         r.ino = i.ino;
