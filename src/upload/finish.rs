@@ -3,11 +3,10 @@
 //! copied first parts, and the abort when anything fails.
 
 use super::held::HeldState;
-use super::{md5x, Finished, Upload, UploadError};
+use super::{Finished, Upload, UploadError};
 use crate::s3::rules::MAX_PARTS;
 use crate::s3::{S3Error, Source};
 use bytes::BytesMut;
-use std::sync::atomic::Ordering;
 use tokio::task::JoinSet;
 
 /// Smallest part of a multipart server-side copy.
@@ -46,29 +45,9 @@ impl Upload {
                 Some(HeldState::Held(b, _)) => b,
                 _ => std::mem::take(&mut self.tail),
             };
-            let body = body.freeze();
-            let Some(md5) = md5x::md5_of_body(&body).await else {
-                return Err(self.fail("PutObject: hashing the body failed"));
-            };
-            return match self
-                .target
-                .store
-                .put_object(&self.target.key, body.clone(), Some(md5), &self.target.opts)
-                .await
-            {
-                Ok(etag) => {
-                    self.target
-                        .progress
-                        .bytes_sent
-                        .store(size, Ordering::Relaxed);
-                    Ok(Finished {
-                        etag,
-                        size,
-                        parts: 0,
-                        body: Some(body),
-                    })
-                }
-                Err(e) => Err(self.fail(format!("PutObject: {e}"))),
+            return match self.target.put_single(body.freeze()).await {
+                Ok(f) => Ok(f),
+                Err(e) => Err(self.fail(e)),
             };
         }
         match first {
@@ -93,19 +72,14 @@ impl Upload {
         while !self.in_flight.is_empty() {
             self.reap_one().await?;
         }
-        let etag = match self.target.complete_checked(&self.sent, size).await {
-            Ok(etag) => etag,
-            Err(e) => return Err(self.fail(e)),
-        };
-        // The upload is gone on the server now: nothing left to abort.
-        self.ended = true;
-        let parts = self.sent.len();
-        Ok(Finished {
-            etag,
-            size,
-            parts: parts as u32,
-            body: None,
-        })
+        match self.target.complete_all(&self.sent, size).await {
+            Ok(f) => {
+                // The upload is gone on the server now: nothing left to abort.
+                self.ended = true;
+                Ok(f)
+            }
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     /// A server-side copy: one CopyObject when it is a whole object of at

@@ -44,7 +44,7 @@ impl Spill for HeldPart {
         let HeldState::Held(body, grant) = std::mem::replace(&mut *st, HeldState::Taken) else {
             unreachable!("checked above");
         };
-        tracing::info!(key = %self.target.key, bytes = body.len(), "memory short: sending the held first part now; later writes into it will fail");
+        tracing::info!(key = %self.target.key, bytes = body.len(), "memory short: sending the held first part now; later writes into it need a checkpoint (or fail, in a file replacing an object)");
         let task = self.rt.spawn(self.target.clone().send(
             self.number,
             body.freeze(),

@@ -23,13 +23,12 @@
 use super::budget::Grant;
 use super::layout::Layout;
 use super::target::Target;
-use super::{md5x, Finished, Progress, SentPart, UploadConfig, UploadError};
+use super::{Finished, Progress, SentPart, UploadConfig, UploadError};
 use crate::s3::rules::MAX_PARTS;
 use crate::s3::{bare_etag, ObjectStore, PutOptions, S3Error, Source};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
@@ -101,8 +100,15 @@ fn extents_len(e: &Extents) -> u64 {
     e.values().map(|v| v.len() as u64).sum()
 }
 
-/// Lays `data` at `off` into `e`, merging what it overlaps or touches.
-fn insert_extent(e: &mut Extents, off: u64, data: &[u8]) {
+/// Whether `e` covers all `len` bytes of its part (merged extents: one
+/// extent from 0).
+fn covers(e: &Extents, len: u64) -> bool {
+    matches!(e.first_key_value(), Some((0, v)) if v.len() as u64 == len)
+}
+
+/// Lays `data` at `off` into `e`, merging what it overlaps or touches;
+/// returns by how many bytes `e` grew.
+fn insert_extent(e: &mut Extents, off: u64, data: &[u8]) -> u64 {
     let end = off + data.len() as u64;
     let touching: Vec<u64> = e
         .range(..=end)
@@ -115,10 +121,11 @@ fn insert_extent(e: &mut Extents, off: u64, data: &[u8]) {
         if only <= off {
             let v = e.get_mut(&only).expect("listed");
             let rel = (off - only) as usize;
-            let keep = v.len().max(rel + data.len());
+            let was = v.len();
+            let keep = was.max(rel + data.len());
             v.resize(keep, 0);
             v[rel..rel + data.len()].copy_from_slice(data);
-            return;
+            return (keep - was) as u64;
         }
     }
     let start = touching.iter().copied().min().unwrap_or(off).min(off);
@@ -127,14 +134,18 @@ fn insert_extent(e: &mut Extents, off: u64, data: &[u8]) {
         stop = stop.max(s + e[s].len() as u64);
     }
     let mut buf = vec![0u8; (stop - start) as usize];
+    let mut was = 0;
     for s in touching {
         let v = e.remove(&s).expect("listed");
         let r = (s - start) as usize;
         buf[r..r + v.len()].copy_from_slice(&v);
+        was += v.len() as u64;
     }
     let r = (off - start) as usize;
     buf[r..r + data.len()].copy_from_slice(data);
+    let now = buf.len() as u64;
     e.insert(start, buf);
+    now - was
 }
 
 /// Copies the parts of `e` (offsets relative to `e_start`) that fall in
@@ -319,15 +330,12 @@ impl Patch {
             let a = offset.max(s);
             let b = end.min(s + len);
             let e = self.parts.entry(n).or_default();
-            let before = extents_len(e);
-            insert_extent(
+            self.dirty += insert_extent(
                 e,
                 a - s,
                 &data[(a - offset) as usize..(b - offset) as usize],
             );
-            let after = extents_len(e);
-            self.dirty = self.dirty + after - before;
-            if after == len {
+            if covers(e, len) {
                 full.push(n);
             }
         }
@@ -344,7 +352,7 @@ impl Patch {
     fn is_full(&self, n: u32) -> bool {
         self.parts
             .get(&n)
-            .is_some_and(|e| extents_len(e) == self.layout.part_size(n))
+            .is_some_and(|e| covers(e, self.layout.part_size(n)))
     }
 
     /// Grants memory for the extents held; past half the budget, sends the
@@ -442,7 +450,7 @@ impl Patch {
         let covered = self
             .parts
             .get(&n)
-            .is_some_and(|e| extents_len(e) == r.end - r.start);
+            .is_some_and(|e| covers(e, r.end - r.start));
         if r.start < self.base_len && !covered {
             let b = self.base_bytes(r.start..r.end.min(self.base_len)).await?;
             buf[..b.len()].copy_from_slice(&b);
@@ -654,25 +662,9 @@ impl Patch {
                     Err(e) => return Err(self.fail(format!("reading the base: {e}"))),
                 }
             };
-            let Some(md5) = md5x::md5_of_body(&body).await else {
-                return Err(self.fail("PutObject: hashing the body failed"));
-            };
-            let t = &self.target;
-            return match t
-                .store
-                .put_object(&t.key, body.clone(), Some(md5), &t.opts)
-                .await
-            {
-                Ok(etag) => {
-                    t.progress.bytes_sent.fetch_add(size, Ordering::Relaxed);
-                    Ok(Finished {
-                        etag,
-                        size,
-                        parts: 0,
-                        body: Some(body),
-                    })
-                }
-                Err(e) => Err(self.fail(format!("PutObject: {e}"))),
+            return match self.target.put_single(body).await {
+                Ok(f) => Ok(f),
+                Err(e) => Err(self.fail(e)),
             };
         }
         let last = self.layout.part_of(size - 1).map_or(MAX_PARTS, |(n, _)| n);
@@ -699,17 +691,13 @@ impl Patch {
         while !self.in_flight.is_empty() {
             self.reap_one().await?;
         }
-        let etag = match self.target.complete_checked(&self.sent, size).await {
-            Ok(e) => e,
-            Err(e) => return Err(self.fail(e)),
-        };
-        self.ended = true;
-        Ok(Finished {
-            etag,
-            size,
-            parts: self.sent.len() as u32,
-            body: None,
-        })
+        match self.target.complete_all(&self.sent, size).await {
+            Ok(f) => {
+                self.ended = true;
+                Ok(f)
+            }
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     /// Stops every part and aborts the multipart upload, if one was created.

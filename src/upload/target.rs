@@ -3,7 +3,7 @@
 
 use super::budget::Grant;
 use super::journal::Journal;
-use super::{md5x, InFlight, Progress, SentPart, UploadConfig};
+use super::{md5x, Finished, InFlight, Progress, SentPart, UploadConfig};
 use crate::s3::{bare_etag, ObjectStore, PutOptions, S3Error};
 use crate::s3::{hex, multipart_etag};
 use bytes::Bytes;
@@ -323,6 +323,43 @@ impl Target {
             tracing::info!(key = %self.key, etag = %got, "ETag format not judged (vendor or encryption)");
         }
         Ok(etag)
+    }
+
+    /// Stores `body` as the whole object in one PutObject (Content-MD5);
+    /// the error says which step failed.
+    pub(super) async fn put_single(&self, body: Bytes) -> Result<Finished, String> {
+        let size = body.len() as u64;
+        let md5 = md5x::md5_of_body(&body)
+            .await
+            .ok_or("PutObject: hashing the body failed")?;
+        let etag = self
+            .store
+            .put_object(&self.key, body.clone(), Some(md5), &self.opts)
+            .await
+            .map_err(|e| format!("PutObject: {e}"))?;
+        self.progress.bytes_sent.fetch_add(size, Ordering::Relaxed);
+        Ok(Finished {
+            etag,
+            size,
+            parts: 0,
+            body: Some(body),
+        })
+    }
+
+    /// [`Target::complete_checked`] with every part in `sent`, as the
+    /// outcome of a close.
+    pub(super) async fn complete_all(
+        &self,
+        sent: &BTreeMap<u32, SentPart>,
+        size: u64,
+    ) -> Result<Finished, String> {
+        let etag = self.complete_checked(sent, size).await?;
+        Ok(Finished {
+            etag,
+            size,
+            parts: sent.len() as u32,
+            body: None,
+        })
     }
 
     /// Aborts the multipart upload if one was created: a Create still

@@ -49,6 +49,12 @@ fn setup(len: u64, budget: u64) -> (Arc<MemoryStore>, Vec<u8>, Patch) {
     (store, body, p)
 }
 
+/// A patch of a new, empty file "k" (no base).
+fn new_file(store: &Arc<MemoryStore>) -> Patch {
+    let opts = PutOptions::default();
+    Patch::new(store.clone(), "k", opts, cfg(64 * MIB), None, 0)
+}
+
 fn stored(store: &MemoryStore) -> Vec<u8> {
     store.object("k").expect("stored").body.to_vec()
 }
@@ -56,12 +62,19 @@ fn stored(store: &MemoryStore) -> Vec<u8> {
 #[test]
 fn extents_merge_what_they_overlap_or_touch() {
     let mut e = Extents::new();
-    insert_extent(&mut e, 10, b"abc");
-    insert_extent(&mut e, 20, b"xyz");
-    insert_extent(&mut e, 13, b"de");
+    assert_eq!(insert_extent(&mut e, 10, b"abc"), 3);
+    assert_eq!(insert_extent(&mut e, 20, b"xyz"), 3);
+    assert_eq!(insert_extent(&mut e, 13, b"de"), 2);
+    assert_eq!(
+        insert_extent(&mut e, 11, b"BC"),
+        0,
+        "a rewrite grows nothing"
+    );
+    insert_extent(&mut e, 11, b"bc");
     assert_eq!(e.len(), 2, "touching extents merge: {e:?}");
-    insert_extent(&mut e, 12, b"QQQQQQQQQ");
+    assert_eq!(insert_extent(&mut e, 12, b"QQQQQQQQQ"), 5, "fills 15..20");
     assert_eq!(e.len(), 1);
+    assert!(!covers(&e, 13) && e.keys().next() == Some(&10));
     assert_eq!(e[&10], b"abQQQQQQQQQyz".to_vec());
     insert_extent(&mut e, 0, b"0");
     insert_extent(&mut e, 11, b"B");
@@ -156,14 +169,7 @@ async fn full_parts_leave_early_and_are_final() {
 #[tokio::test]
 async fn headers_patched_after_each_entry_stay_in_memory() {
     let store = Arc::new(MemoryStore::new());
-    let mut p = Patch::new(
-        store.clone(),
-        "k",
-        PutOptions::default(),
-        cfg(64 * MIB),
-        None,
-        0,
-    );
+    let mut p = new_file(&store);
     let mut want = Vec::new();
     for i in 0..6u64 {
         let start = want.len() as u64;
@@ -221,14 +227,7 @@ async fn a_replaced_base_fails_the_commit() {
 #[tokio::test]
 async fn small_and_baseless_files() {
     let store = Arc::new(MemoryStore::new());
-    let mut p = Patch::new(
-        store.clone(),
-        "k",
-        PutOptions::default(),
-        cfg(64 * MIB),
-        None,
-        0,
-    );
+    let mut p = new_file(&store);
     p.write(10, b"hi").await.unwrap();
     assert_eq!(
         &p.read(0, 100).await.unwrap()[..],
