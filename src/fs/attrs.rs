@@ -11,16 +11,17 @@ impl Fs {
     }
 
     /// Changes attributes. Mode, owner and times are kept by this mount (the
-    /// rsync issue persists them); size works on files being written, and
-    /// truncating a closed file to 0 stores an empty object.
-    pub async fn setattr(&self, ino: u64, fh: Option<u64>, s: SetAttr) -> FsResult<Attr> {
+    /// rsync issue persists them). A size change goes to the inode's open
+    /// file whichever descriptor (`_fh`) asks; a closed file is cut or grown
+    /// into a new version at once (to 0: an empty object keeping its
+    /// metadata).
+    pub async fn setattr(&self, ino: u64, _fh: Option<u64>, s: SetAttr) -> FsResult<Attr> {
         let inode = self.inode(ino)?;
         if let Some(size) = s.size {
             self.writable()?;
             if inode.kind == Kind::Dir {
                 return Err(FsError::IsDir);
             }
-            let _ = fh;
             match self.open_file(ino) {
                 Some(f) => {
                     let mut g = f.lock().await;
@@ -61,7 +62,7 @@ impl Fs {
                             Err(e) => Err(e),
                         }
                     };
-                    self.file_release(&f, fh).await;
+                    self.file_release(&f).await;
                     r?;
                 }
             }

@@ -551,7 +551,7 @@ impl Fs {
 
     /// A descriptor open for writing is released; the last one stores what
     /// no close stored (errors can only be logged) and ends the open file.
-    pub(super) async fn file_release(&self, f: &SharedFile, fh: u64) {
+    pub(super) async fn file_release(&self, f: &SharedFile) {
         let mut g = f.lock().await;
         g.handles = g.handles.saturating_sub(1);
         if g.handles > 0 {
@@ -573,7 +573,6 @@ impl Fs {
         let mut t = self.table();
         let (drop_name, pending) = match t.get_mut(ino) {
             Some(i) => {
-                let _ = fh;
                 i.writer = None;
                 // A file that never reached the bucket disappears.
                 (

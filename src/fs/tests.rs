@@ -981,18 +981,22 @@ async fn unlink_during_a_close_stays_unlinked() {
     ));
 }
 
-/// An unlink the server refuses unlinks nothing: the close that follows
-/// stores the file as if no unlink had been tried.
-#[tokio::test]
-async fn a_refused_unlink_does_not_cost_a_close_its_bytes() {
+/// A store holding "f" = "old", and "f" opened with O_TRUNC (an overwrite).
+async fn overwriting_old() -> (Arc<MemoryStore>, Arc<Fs>, Attr, u64) {
     let store = Arc::new(MemoryStore::new());
     store.insert_object("f", Bytes::from_static(b"old"), &PutOptions::default());
     let fs = Fs::new(store.clone(), cfg());
     let f = fs.lookup(ROOT, OsStr::new("f")).await.unwrap();
-    let fh = fs
-        .open(f.ino, libc::O_WRONLY | libc::O_TRUNC, 1)
-        .await
-        .unwrap();
+    let trunc = libc::O_WRONLY | libc::O_TRUNC;
+    let fh = fs.open(f.ino, trunc, 1).await.unwrap();
+    (store, fs, f, fh)
+}
+
+/// An unlink the server refuses unlinks nothing: the close that follows
+/// stores the file as if no unlink had been tried.
+#[tokio::test]
+async fn a_refused_unlink_does_not_cost_a_close_its_bytes() {
+    let (store, fs, _, fh) = overwriting_old().await;
     fs.write(fh, 0, b"new", None).await.unwrap();
     store.fail_all(Op::DeleteObject, "AccessDenied");
     assert!(fs.unlink(ROOT, OsStr::new("f")).await.is_err());
@@ -1008,14 +1012,7 @@ async fn a_refused_unlink_does_not_cost_a_close_its_bytes() {
 /// tried to cut.
 #[tokio::test]
 async fn a_refused_truncate_fails_the_close() {
-    let store = Arc::new(MemoryStore::new());
-    store.insert_object("f", Bytes::from_static(b"old"), &PutOptions::default());
-    let fs = Fs::new(store.clone(), cfg());
-    let f = fs.lookup(ROOT, OsStr::new("f")).await.unwrap();
-    let fh = fs
-        .open(f.ino, libc::O_WRONLY | libc::O_TRUNC, 1)
-        .await
-        .unwrap();
+    let (store, fs, f, fh) = overwriting_old().await;
     let body = vec![1u8; 12 << 20];
     fs.write(fh, 0, &body, None).await.unwrap();
     let shrink = SetAttr {

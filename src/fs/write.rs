@@ -73,16 +73,19 @@ impl Fs {
             })
         };
         let file = self.join_file(ino, fh, true).await?;
-        self.insert_handle(
-            fh,
-            Handle::Write(Box::new(WriteHandle {
-                ino,
-                file,
-                opener_tgid: tgid_of(pid).or(Some(pid)),
-                writer_owner: None,
-            })),
-        );
+        self.insert_write_handle(fh, ino, file, pid);
         Ok((self.getattr(ino)?, fh))
+    }
+
+    /// Records descriptor `fh` of open file `file`, opened by `pid`.
+    fn insert_write_handle(&self, fh: u64, ino: u64, file: file::SharedFile, pid: u32) {
+        let w = WriteHandle {
+            ino,
+            file,
+            opener_tgid: tgid_of(pid).or(Some(pid)),
+            writer_owner: None,
+        };
+        self.insert_handle(fh, Handle::Write(Box::new(w)));
     }
 
     /// Opens a file. Every descriptor open for writing shares the file's
@@ -142,15 +145,7 @@ impl Fs {
         if let Some(i) = self.table().get_mut(ino) {
             i.size = size;
         }
-        self.insert_handle(
-            fh,
-            Handle::Write(Box::new(WriteHandle {
-                ino,
-                file,
-                opener_tgid: tgid_of(pid).or(Some(pid)),
-                writer_owner: None,
-            })),
-        );
+        self.insert_write_handle(fh, ino, file, pid);
         Ok(fh)
     }
 
@@ -471,7 +466,7 @@ impl Fs {
         let Some(h) = h else { return Ok(()) };
         let g = h.lock().await;
         if let Handle::Write(w) = &*g {
-            self.file_release(&w.file, fh).await;
+            self.file_release(&w.file).await;
         }
         if let Handle::Read(r) = &*g {
             let pending = {
