@@ -596,3 +596,34 @@ async fn a_write_through_one_descriptor_shows_in_another_ones_cache() {
     assert_eq!(&body[4096..4100], b"bbbb");
     assert_eq!(body.len(), 8192);
 }
+
+/// rename(2) of a file while a descriptor still writes it (a program
+/// renaming its output into place before it is done): what was written
+/// before and after the rename ends up at the new key, whole, and nothing
+/// stays at the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_renamed_while_written_keeps_every_byte_at_its_new_name() {
+    let c = client();
+    let b = fresh_bucket(&c).await;
+    let m = Mounted::bucket(&b);
+    let f = File::create(m.path("out.tmp")).unwrap();
+    let mut want = data(11 * MIB, 14);
+    f.write_all_at(&want, 0).unwrap();
+    std::fs::rename(m.path("out.tmp"), m.path("out.bin")).unwrap();
+    let more = data(2 * MIB, 15);
+    f.write_all_at(&more, want.len() as u64).unwrap();
+    f.write_all_at(b"HEAD", 0).unwrap();
+    want.extend_from_slice(&more);
+    want[..4].copy_from_slice(b"HEAD");
+    close(f).unwrap();
+    assert!(
+        stored(&c, &b, "out.bin").await == want,
+        "bucket bytes differ"
+    );
+    assert!(c
+        .head_object(&b, "out.tmp", None)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    no_uploads_left(&c, &b).await;
+}
